@@ -1,0 +1,77 @@
+"""What every user of one process shares during a test run: settings, conversations, client, models."""
+
+from __future__ import annotations
+
+import random
+from weakref import WeakKeyDictionary
+
+from gevent.lock import Semaphore
+from locust.env import Environment
+
+from .client import ChatClient
+from .conversations import Conversation, load_conversations
+from .models import eligible_models, read_model_filter
+from .options import Settings
+
+__all__ = ["Scenario"]
+
+_DEFAULT_POOL_SIZE = 100
+_active: WeakKeyDictionary[Environment, Scenario] = WeakKeyDictionary()
+
+
+class Scenario:
+    """Built once per process at test start; users find it with ``Scenario.of(environment)``."""
+
+    def __init__(self, settings: Settings, conversations: list[Conversation], client: ChatClient) -> None:
+        self.settings = settings
+        self.conversations = conversations
+        self.client = client
+        self._models: list[str] | None = None
+        self._models_lock = Semaphore()
+
+    @classmethod
+    def start(cls, environment: Environment) -> Scenario:
+        """Read the options, load the conversations and open the client for this process."""
+        settings = Settings.from_environment(environment)
+        conversations = load_conversations(settings.conversations_dir)
+        if not environment.host:
+            raise ValueError("no endpoint: set --host to the OpenAI base URL, /v1 included")
+        num_users = getattr(environment.parsed_options, "num_users", None)
+        client = ChatClient(
+            environment.host, settings, environment.events.request, pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE)
+        )
+        scenario = cls(settings, conversations, client)
+        previous = _active.get(environment)
+        if previous is not None:
+            previous.close()
+        _active[environment] = scenario
+        return scenario
+
+    @classmethod
+    def of(cls, environment: Environment) -> Scenario:
+        scenario = _active.get(environment)
+        if scenario is None:
+            raise RuntimeError("no bagstress scenario for this environment: was bagstress_locust.register() called?")
+        return scenario
+
+    @classmethod
+    def stop(cls, environment: Environment) -> None:
+        scenario = _active.pop(environment, None)
+        if scenario is not None:
+            scenario.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def choose_model(self, rng: random.Random) -> str:
+        """The fixed model, or a random one of the endpoint's list minus the filter (fetched once)."""
+        if self.settings.model:
+            return self.settings.model
+        if self._models is None:
+            with self._models_lock:
+                if self._models is None:
+                    # A missing default file means "no filter"; a file the user named must exist.
+                    explicit = self.settings.model_filter != Settings().model_filter
+                    excluded = read_model_filter(self.settings.model_filter, required=explicit)
+                    self._models = eligible_models(self.client.list_models(), excluded)
+        return rng.choice(self._models)

@@ -1,0 +1,84 @@
+"""The Locust user: one simulated person replaying scripted conversations, one message per task run.
+
+Each task run sends one message, and ``wait_time`` is the typing pause before the next one, so
+Locust's own stopping rules apply: a user that is typing stops at once, a user waiting for a
+reply finishes it first (within ``--stop-timeout``), and no message is cut off and miscounted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+
+from locust import User, task
+
+from .client import MessageFailed
+from .conversations import Conversation, Turn, plan_turns, think_time
+from .models import NoModelsError
+from .scenario import Scenario
+
+__all__ = ["ConversationUser"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConversationUser(User):
+    """Replays random conversations against an OpenAI-compatible endpoint; subclass it in a locustfile."""
+
+    abstract = True
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # Locust's own signature
+        super().__init__(*args, **kwargs)
+        self.rng = random.Random()
+        self._turns: Iterator[Turn] | None = None
+        self._conversation: Conversation | None = None
+        self._model = ""
+        self._temperature = 0.0
+        self._pause = 0.0
+
+    def wait_time(self) -> float:
+        """The typing pause before the next message (none before a conversation's first)."""
+        return self._pause
+
+    @task
+    def send_next_message(self) -> None:
+        """Send the next user message of the current conversation, starting a new one if needed."""
+        scenario = Scenario.of(self.environment)
+        if self._turns is None and not self._begin_conversation(scenario):
+            return
+        assert self._turns is not None
+        turn = next(self._turns, None)
+        if turn is None:  # a conversation always has a turn; this only guards an empty plan
+            self._end_conversation(succeeded=True)
+            return
+        result = scenario.client.send(turn.request, self._model, self._temperature)
+        if not result.succeeded:
+            self._end_conversation(succeeded=False)
+            self._pause = think_time("", scenario.settings.typing_speed, scenario.settings.think_time_scale)
+        elif turn.next_user_message is None:
+            self._end_conversation(succeeded=True)
+            self._pause = 0.0
+        else:
+            self._pause = think_time(
+                turn.next_user_message, scenario.settings.typing_speed, scenario.settings.think_time_scale
+            )
+
+    def _begin_conversation(self, scenario: Scenario) -> bool:
+        settings = scenario.settings
+        try:
+            self._model = scenario.choose_model(self.rng)
+        except (MessageFailed, NoModelsError, FileNotFoundError) as error:
+            # A failed "GET /models" is already a reported request; the others need saying. Retry after a pause.
+            if not isinstance(error, MessageFailed):
+                logger.error("%s", error)
+            self._pause = think_time("", settings.typing_speed, settings.think_time_scale)
+            return False
+        self._conversation = self.rng.choice(scenario.conversations)
+        self._temperature = self.rng.uniform(settings.temp_min, settings.temp_max)
+        self._turns = plan_turns(self._conversation, self.rng, settings.cut_probability, settings.max_messages)
+        return True
+
+    def _end_conversation(self, succeeded: bool) -> None:
+        self._turns = None
+        self._conversation = None
