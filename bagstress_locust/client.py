@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from gevent.local import local
+
 # Locust before httpx2: importing it lets gevent patch sockets (import order enforced by ruff's isort).
 from locust.event import EventHook
 
@@ -130,7 +132,14 @@ class ChatClient:
         # Unbounded pool: each user has at most one request in flight, so waiting for a pool slot
         # could only add our own queueing to the server's latency. Keep one idle connection per user.
         limits = httpx2.Limits(max_connections=None, max_keepalive_connections=pool_size)
-        self._http = httpx2.Client(timeout=timeout, transport=_ReusingTransport(httpx2.HTTPTransport(limits=limits)))
+        # Times start when the request's last byte is written, not when LangChain starts building it:
+        # TTFT is "request sent -> first token", and with retries enabled each attempt is timed on its own.
+        self._sent_at = local()
+        self._http = httpx2.Client(
+            timeout=timeout,
+            transport=_ReusingTransport(httpx2.HTTPTransport(limits=limits)),
+            event_hooks={"request": [self._mark_sent]},
+        )
         self._chat_models: dict[tuple[str, float, int | None], ChatOpenAI] = {}
 
     def close(self) -> None:
@@ -170,15 +179,15 @@ class ChatClient:
         """Stream one reply, fire its Locust request event, and return what was measured."""
         chat = self._chat_model(model, temperature)
         result = MessageResult(model=model, start_time=time.time())
-        content_times = result.content_times
+        arrivals: list[float] = []
         pieces: list[str] = []
         usage: dict[str, Any] | None = None
-        started = time.perf_counter()
+        self._sent_at.value = None
+        called = time.perf_counter()
         try:
             for chunk in chat.stream(messages):
-                now = time.perf_counter()
                 if chunk.content:
-                    content_times.append(now - started)
+                    arrivals.append(time.perf_counter())
                     pieces.append(chunk.content)  # type: ignore[arg-type]  # str for chat completions
                 if chunk.usage_metadata:
                     usage = chunk.usage_metadata  # type: ignore[assignment]
@@ -186,11 +195,15 @@ class ChatClient:
                     result.finish_reason = chunk.response_metadata["finish_reason"]
         except Exception as error:  # every failure is reported, none may end the user
             result.error = describe_failure(error, self._settings)
-        result.e2e_s = time.perf_counter() - started
-        if result.error is None and not content_times:
+        ended = time.perf_counter()
+        sent = self._sent_at.value or called  # None only if it failed before anything was sent
+        result.start_time += sent - called
+        result.e2e_s = ended - sent
+        result.content_times = [arrival - sent for arrival in arrivals]
+        if result.error is None and not arrivals:
             result.error = "empty reply: the stream carried no content"
-        if content_times:
-            result.ttft_s = content_times[0]
+        if arrivals:
+            result.ttft_s = result.content_times[0]
         if usage is not None and result.error is None:
             result.input_tokens = usage["input_tokens"]
             result.output_tokens = usage["output_tokens"]
@@ -210,6 +223,14 @@ class ChatClient:
             url=f"{self.base_url}/chat/completions",
         )
         return result
+
+    def _mark_sent(self, request: httpx2.Request) -> None:
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        # httpcore2's trace hook: the request is on the wire once its body is written (h11 and h2 alike).
+        if event.endswith("send_request_body.complete"):
+            self._sent_at.value = time.perf_counter()
 
     def _chat_model(self, model: str, temperature: float) -> ChatOpenAI:
         # Temperatures are drawn at random; rounding to 0.01 keeps this cache small.

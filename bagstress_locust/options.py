@@ -196,6 +196,12 @@ def add_arguments(parser: LocustArgumentParser) -> None:
         env_var="LOCUST_MAX_RETRIES",
         help="Retries of a failed request by the client. Default: 0, since a hidden retry fakes the latency.",
     )
+    add(
+        "--summary-json",
+        default=None,
+        env_var="LOCUST_SUMMARY_JSON",
+        help="Write the final LLM summary to this JSON file (keys documented in the README).",
+    )
     simulated = parser.add_argument_group(
         "bagstress-locust built-in simulator",
         "Timing of the simulated endpoint started when neither --host nor OPENAI_API_BASE is set.",

@@ -19,12 +19,16 @@ from locust.runners import MasterRunner, Runner, WorkerRunner
 
 from .conversations import ConversationError, load_conversations
 from .embedded import EmbeddedSimulator
+from .metrics import LLMMetrics
 from .options import Settings, add_arguments, load_dotenv_file
+from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
 
 __all__ = ["BagstressPlugin", "register"]
 
 logger = logging.getLogger("bagstress_locust")
+# Locust's own logger for its stats tables: plain lines on the console, beside its tables.
+stats_console = logging.getLogger("locust.stats_logger")
 _CHATTY_LOGGERS = ("httpx2", "httpcore2", "openai")
 
 
@@ -33,6 +37,9 @@ class BagstressPlugin:
 
     def __init__(self) -> None:
         self.simulator: EmbeddedSimulator | None = None
+        self.metrics = LLMMetrics()
+        self.history = HistoryRecorder()
+        self._ticker: gevent.Greenlet | None = None
 
     def register(self, events: Events) -> None:
         events.init_command_line_parser.add_listener(self._on_command_line_parser)
@@ -51,10 +58,15 @@ class BagstressPlugin:
         # The HTTP client logs every request at INFO: a line per message floods the console and costs CPU.
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+        self.metrics.register(environment)
         if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
             return
         self._check_options(environment)
         self._choose_endpoint(environment, runner)
+        environment.events.reset_stats.add_listener(lambda **_: self.history.clear())
+        # Locust's "quit" comes after its own final tables, so our summary is the last thing printed.
+        environment.events.quit.add_listener(lambda **_: self._report(environment))
+        self._ticker = gevent.spawn(self._tick, environment)
 
     def _check_options(self, environment: Environment) -> None:
         """Fail fast, before any user starts, with every problem listed."""
@@ -89,7 +101,7 @@ class BagstressPlugin:
         if isinstance(environment.runner, MasterRunner):
             return
         try:
-            Scenario.start(environment)
+            Scenario.start(environment, self.metrics)
         except (ConversationError, ValueError, FileNotFoundError) as error:
             logger.error("cannot start the test: %s", error)
             environment.process_exit_code = 1
@@ -108,9 +120,37 @@ class BagstressPlugin:
             # #2299). Users have stopped by now; one more interval lets its writer record the final totals.
             gevent.sleep(locust.stats.CSV_STATS_INTERVAL_SEC + 0.2)
         Scenario.stop(environment)
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+            self._ticker = None
         if self.simulator is not None:
             self.simulator.stop()
             self.simulator = None
+
+    # ---- reporting (master or local process) --------------------------------------------------------
+
+    def _tick(self, environment: Environment) -> None:
+        """Every console interval while a test runs: a history row and, headless, the LLM table."""
+        options = environment.parsed_options
+        print_table = options.headless and not options.only_summary
+        while True:
+            gevent.sleep(locust.stats.CONSOLE_STATS_INTERVAL_SEC)
+            if self.metrics.started_at is None or self.metrics.stopped_at is not None:
+                continue
+            user_count = environment.runner.user_count if environment.runner else 0
+            self.history.sample(self.metrics, user_count)
+            if print_table:
+                stats_console.info(format_table(self.metrics) + "\n")
+
+    def _report(self, environment: Environment) -> None:
+        """The final summary on the console, and the JSON and CSV files if asked for."""
+        options = environment.parsed_options
+        report = summary(self.metrics)
+        stats_console.info(format_summary(report))
+        if options.summary_json:
+            write_json(report, options.summary_json)
+        if options.csv_prefix:
+            write_csv(self.metrics, self.history, options.csv_prefix)
 
 
 def register(events: Events) -> BagstressPlugin:

@@ -10,6 +10,7 @@ from locust.env import Environment
 
 from .client import ChatClient
 from .conversations import Conversation, load_conversations
+from .metrics import LLMMetrics
 from .models import eligible_models, read_model_filter
 from .options import Settings
 
@@ -22,15 +23,18 @@ _active: WeakKeyDictionary[Environment, Scenario] = WeakKeyDictionary()
 class Scenario:
     """Built once per process at test start; users find it with ``Scenario.of(environment)``."""
 
-    def __init__(self, settings: Settings, conversations: list[Conversation], client: ChatClient) -> None:
+    def __init__(
+        self, settings: Settings, conversations: list[Conversation], client: ChatClient, metrics: LLMMetrics
+    ) -> None:
         self.settings = settings
         self.conversations = conversations
         self.client = client
+        self.metrics = metrics
         self._models: list[str] | None = None
         self._models_lock = Semaphore()
 
     @classmethod
-    def start(cls, environment: Environment) -> Scenario:
+    def start(cls, environment: Environment, metrics: LLMMetrics) -> Scenario:
         """Read the options, load the conversations and open the client for this process."""
         settings = Settings.from_environment(environment)
         conversations = load_conversations(settings.conversations_dir)
@@ -40,7 +44,7 @@ class Scenario:
         client = ChatClient(
             environment.host, settings, environment.events.request, pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE)
         )
-        scenario = cls(settings, conversations, client)
+        scenario = cls(settings, conversations, client, metrics)
         previous = _active.get(environment)
         if previous is not None:
             previous.close()

@@ -36,6 +36,7 @@ class ConversationUser(User):
         self._model = ""
         self._temperature = 0.0
         self._pause = 0.0
+        self._think_time_s = 0.0
 
     def wait_time(self) -> float:
         """The typing pause before the next message (none before a conversation's first)."""
@@ -48,21 +49,18 @@ class ConversationUser(User):
         if self._turns is None and not self._begin_conversation(scenario):
             return
         assert self._turns is not None
-        turn = next(self._turns, None)
-        if turn is None:  # a conversation always has a turn; this only guards an empty plan
-            self._end_conversation(succeeded=True)
-            return
+        turn = next(self._turns)  # a plan has at least one turn, and the last one ends the conversation
         result = scenario.client.send(turn.request, self._model, self._temperature)
+        settings = scenario.settings
         if not result.succeeded:
-            self._end_conversation(succeeded=False)
-            self._pause = think_time("", scenario.settings.typing_speed, scenario.settings.think_time_scale)
+            self._end_conversation(scenario, succeeded=False)
+            self._pause = think_time("", settings.typing_speed, settings.think_time_scale)
         elif turn.next_user_message is None:
-            self._end_conversation(succeeded=True)
+            self._end_conversation(scenario, succeeded=True)
             self._pause = 0.0
         else:
-            self._pause = think_time(
-                turn.next_user_message, scenario.settings.typing_speed, scenario.settings.think_time_scale
-            )
+            self._pause = think_time(turn.next_user_message, settings.typing_speed, settings.think_time_scale)
+            self._think_time_s += self._pause
 
     def _begin_conversation(self, scenario: Scenario) -> bool:
         settings = scenario.settings
@@ -79,6 +77,8 @@ class ConversationUser(User):
         self._turns = plan_turns(self._conversation, self.rng, settings.cut_probability, settings.max_messages)
         return True
 
-    def _end_conversation(self, succeeded: bool) -> None:
+    def _end_conversation(self, scenario: Scenario, succeeded: bool) -> None:
+        scenario.metrics.record_conversation(succeeded, self._think_time_s)
         self._turns = None
         self._conversation = None
+        self._think_time_s = 0.0
