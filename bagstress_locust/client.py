@@ -39,6 +39,7 @@ __all__ = ["ChatClient", "MessageFailed", "MessageResult", "describe_failure"]
 REQUEST_TYPE = "chat"
 # Models are fetched once per process; this is the name its (rare) request event is reported under.
 MODELS_REQUEST_NAME = "GET /models"
+CLIENT_HEADER = "X-Bagstress-Client"
 _PLACEHOLDER_KEY = "not-needed"  # the SDK insists on a key; local servers ignore it
 
 
@@ -119,7 +120,9 @@ def _reason_text(error: BaseException) -> str:
 class ChatClient:
     """Sends chat messages to one endpoint for every user of a process."""
 
-    def __init__(self, base_url: str, settings: Settings, request_event: EventHook, pool_size: int) -> None:
+    def __init__(
+        self, base_url: str, settings: Settings, request_event: EventHook, pool_size: int, client_id: str = "local"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._settings = settings
         self._request_event = request_event
@@ -139,6 +142,8 @@ class ChatClient:
             timeout=timeout,
             transport=_ReusingTransport(httpx2.HTTPTransport(limits=limits)),
             event_hooks={"request": [self._mark_sent]},
+            # Says which load generator sent a request; the simulator counts by it, real servers ignore it.
+            headers={CLIENT_HEADER: client_id},
         )
         self._chat_models: dict[tuple[str, float, int | None], ChatOpenAI] = {}
 

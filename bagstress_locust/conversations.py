@@ -14,6 +14,7 @@ together, each with its file and message index, so a user fixes a set in one pas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ __all__ = [
     "ConversationError",
     "Message",
     "Turn",
+    "fingerprint",
     "load_conversations",
     "plan_turns",
     "think_time",
@@ -138,6 +140,15 @@ def _parse(file: Path, problems: list[str]) -> Conversation | None:
         messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
         source=str(file),
     )
+
+
+def fingerprint(conversations: list[Conversation]) -> str:
+    """A digest of file names and contents, equal on two machines exactly when their sets are equal."""
+    digest = hashlib.sha256()
+    for conversation in sorted(conversations, key=lambda c: Path(c.source).name):
+        record = [Path(conversation.source).name, conversation.conversation_id, conversation.messages]
+        digest.update(json.dumps(record, ensure_ascii=False).encode())
+    return digest.hexdigest()
 
 
 def plan_turns(

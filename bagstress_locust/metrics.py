@@ -111,6 +111,7 @@ class LLMMetrics:
 
     def __init__(self) -> None:
         self.by_model: dict[str, LLMStats] = {}
+        self.by_worker: dict[str, LLMStats] = {}  # on the master: what each worker reported
         self.total = LLMStats()
         self.conversations_succeeded = 0
         self.conversations_failed = 0
@@ -213,4 +214,6 @@ class LLMMetrics:
 
     def _on_worker_report(self, client_id: str, data: dict[str, Any]) -> None:
         if _REPORT_KEY in data:
-            self.merge(LLMMetrics.from_dict(data[_REPORT_KEY]))
+            reported = LLMMetrics.from_dict(data[_REPORT_KEY])
+            self.merge(reported)
+            self.by_worker.setdefault(client_id, LLMStats()).merge(reported.total)

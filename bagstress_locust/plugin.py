@@ -17,7 +17,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from .conversations import ConversationError, load_conversations
+from .conversations import ConversationError, fingerprint, load_conversations
 from .embedded import EmbeddedSimulator
 from .metrics import LLMMetrics
 from .options import Settings, add_arguments, load_dotenv_file
@@ -30,6 +30,7 @@ logger = logging.getLogger("bagstress_locust")
 # Locust's own logger for its stats tables: plain lines on the console, beside its tables.
 stats_console = logging.getLogger("locust.stats_logger")
 _CHATTY_LOGGERS = ("httpx2", "httpcore2", "openai")
+_WORKER_ERROR = "bagstress_worker_error"
 
 
 class BagstressPlugin:
@@ -59,6 +60,8 @@ class BagstressPlugin:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.metrics.register(environment)
+        if isinstance(runner, MasterRunner):
+            runner.register_message(_WORKER_ERROR, self._on_worker_error)
         if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
             return
         self._check_options(environment)
@@ -98,16 +101,38 @@ class BagstressPlugin:
         )
 
     def _on_test_start(self, environment: Environment, **_: Any) -> None:
-        if isinstance(environment.runner, MasterRunner):
-            return
+        runner, options = environment.runner, environment.parsed_options
         try:
-            Scenario.start(environment, self.metrics)
+            if isinstance(runner, MasterRunner):
+                # Sent to the workers with the options: each checks that its own copy is the same.
+                conversations = load_conversations(options.conversations_dir)
+                options.conversations_fingerprint = fingerprint(conversations)
+                return
+            scenario = Scenario.start(environment, self.metrics)
+            expected = getattr(options, "conversations_fingerprint", None)
+            if isinstance(runner, WorkerRunner) and expected and expected != fingerprint(scenario.conversations):
+                raise ConversationError(
+                    [
+                        f"{options.conversations_dir}: this worker's conversations differ from the master's; "
+                        "give every worker the same files (compose mounts, or copy the folder)"
+                    ]
+                )
         except (ConversationError, ValueError, FileNotFoundError) as error:
-            logger.error("cannot start the test: %s", error)
-            environment.process_exit_code = 1
-            runner = environment.runner
-            if runner is not None:
-                gevent.spawn(runner.quit)
+            self._fail(environment, f"cannot start the test: {error}")
+
+    def _fail(self, environment: Environment, message: str) -> None:
+        """Say why in one line (on the master too, for a worker) and end this process with exit code 1."""
+        logger.error("%s", message)
+        environment.process_exit_code = 1
+        runner = environment.runner
+        if isinstance(runner, WorkerRunner):
+            runner.send_message(_WORKER_ERROR, message)
+        if runner is not None:
+            gevent.spawn(runner.quit)
+
+    def _on_worker_error(self, environment: Environment, msg: Any, **_: Any) -> None:
+        logger.error("worker %s: %s", msg.node_id, msg.data)
+        environment.process_exit_code = 1
 
     def _on_test_stop(self, environment: Environment, **_: Any) -> None:
         Scenario.stop(environment)

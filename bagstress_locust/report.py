@@ -9,7 +9,8 @@ README) are::
      "tokens": {"input", "output", "output_per_s", "output_in_failed", "estimated"},
      "latency_ms" | "ttft_ms" | "itl_ms" | "tpot_ms": {"count", "min", "avg", "max", "p50", "p90", "p95", "p99"},
      "think_time_s", "models": {"<model>": {"messages", "failures", "tokens": {"input", "output"}}},
-     "errors": {"<reason>": count}}
+     "errors": {"<reason>": count},
+     "workers": {"<worker id>": {"messages", "failures", "tokens": {"input", "output"}}}}  # distributed runs
 
 Times are in milliseconds, rounded to 0.01 ms; an empty distribution has ``null`` figures.
 """
@@ -102,6 +103,15 @@ def summary(metrics: LLMMetrics) -> dict[str, Any]:
         for model, stats in sorted(metrics.by_model.items())
     }
     result["errors"] = dict(metrics.errors.most_common())
+    if metrics.by_worker:
+        result["workers"] = {
+            worker: {
+                "messages": stats.messages,
+                "failures": stats.failures,
+                "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
+            }
+            for worker, stats in sorted(metrics.by_worker.items())
+        }
     return result
 
 

@@ -42,7 +42,11 @@ class Scenario:
             raise ValueError("no endpoint: set --host to the OpenAI base URL, /v1 included")
         num_users = getattr(environment.parsed_options, "num_users", None)
         client = ChatClient(
-            environment.host, settings, environment.events.request, pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE)
+            environment.host,
+            settings,
+            environment.events.request,
+            pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE),
+            client_id=getattr(environment.runner, "client_id", "local"),
         )
         scenario = cls(settings, conversations, client, metrics)
         previous = _active.get(environment)

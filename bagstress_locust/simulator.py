@@ -47,18 +47,20 @@ streamed ones. ``--api-key`` adds one more: a request without that bearer token 
 ``fault_after_chunks``, ``slow_first_byte_delay``, ``sse_ping``, ``seed``) changes them at runtime;
 sending ``seed`` restarts the draws.
 
-It counts what it received and served; ``GET /sim/stats`` returns the counters as JSON,
-``GET /sim/requests`` the recorded chat requests (``--record-requests``), and ``POST /sim/reset``
-zeroes both and restarts the seeded draws (the configuration stays). ``chat_requests`` counts
-well-formed chat requests, faulted or not; ``completions_served``, ``prompt_tokens_served``,
-``completion_tokens_served``, ``content_chunks_served`` and ``served_by_model`` count only
-completions without a fault, once their last byte is written. ``faults`` counts each fault by the
-names above (plus ``http_401``, which also counts in ``rejected["401"]``) when it takes effect: at
-the response for the HTTP errors and ``empty_stream``, on arrival for ``slow_first_byte``, at the
-break for ``reset``/``stall``/``malformed`` and at the end of the stream for the others. A client
-that leaves before then is counted nowhere, as for a fault-free stream. ``partial_content_chunks``
-counts the content chunks written on faulted streams: exactly ``--fault-after-chunks`` (or all
-tokens, if fewer) for each break, all tokens for the others.
+It counts what it received and served; ``GET /sim/stats`` returns the counters as JSON, ``GET
+/sim/requests`` the recorded chat requests (``--record-requests``), and ``POST /sim/reset`` zeroes
+both and restarts the seeded draws (the configuration stays). ``chat_requests`` counts well-formed
+chat requests, faulted or not; ``completions_served``, ``prompt_tokens_served``,
+``completion_tokens_served``, ``content_chunks_served``, ``served_by_model`` and
+``served_by_client`` (by the ``X-Bagstress-Client`` request header, which bagstress-locust sets to
+the Locust worker's id) count only completions without a fault, once their last byte is written.
+``faults`` counts each fault by the names above (plus ``http_401``, which also counts in
+``rejected["401"]``) when it takes effect: at the response for the HTTP errors and ``empty_stream``,
+on arrival for ``slow_first_byte``, at the break for ``reset``/``stall``/``malformed`` and at the
+end of the stream for the others. A client that leaves before then is counted nowhere, as for a
+fault-free stream. ``partial_content_chunks`` counts the content chunks written on faulted streams:
+exactly ``--fault-after-chunks`` (or all tokens, if fewer) for each break, all tokens for the
+others.
 
 The server is asyncio on a single thread with no third-party code on the hot path, and with every
 fault probability at 0 a request pays one truth test for them, so one core serves far more than one
@@ -85,6 +87,8 @@ from typing import Any
 
 __all__ = ["SimulatorConfig", "SimulatorStats", "count_prompt_tokens", "main", "serve"]
 
+# Load generators name themselves in this header (a Locust worker's id), so tests can tell who was served.
+CLIENT_HEADER = "x-bagstress-client"
 _WORD = re.compile(r"\w+|[^\w\s]")
 _VOCABULARY = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do")
 _REASONS = {
@@ -205,6 +209,7 @@ class SimulatorStats:
     e2e_s_sum: float = 0.0
     rejected: Counter[str] = field(default_factory=Counter)
     served_by_model: Counter[str] = field(default_factory=Counter)
+    served_by_client: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -220,6 +225,7 @@ class SimulatorStats:
             "models_requests": self.models_requests,
             "rejected": dict(self.rejected),
             "served_by_model": dict(self.served_by_model),
+            "served_by_client": dict(self.served_by_client),
             "faults": dict(self.faults),
             "served_timing": {
                 "streams": self.streams_timed,
@@ -373,6 +379,7 @@ class _Simulator:
             prompt_tokens=count_prompt_tokens(messages),
             completion_tokens=min(self.config.output_tokens, limit) if limit else self.config.output_tokens,
             finish_reason="length" if limit and limit < self.config.output_tokens else "stop",
+            client=headers.get(CLIENT_HEADER),
         )
         if stream:
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -391,6 +398,8 @@ class _Simulator:
         self.stats.completion_tokens_served += completion.completion_tokens
         self.stats.content_chunks_served += completion.completion_tokens
         self.stats.served_by_model[completion.model] += 1
+        if completion.client:
+            self.stats.served_by_client[completion.client] += 1
 
     def _reconfigure(self, conn: _HttpConnection, body: bytes) -> None:
         """``POST /sim/config``: change fault fields at runtime; answers with all of them as they now are."""
@@ -454,11 +463,14 @@ class _Simulator:
 
 
 class _Completion:
-    __slots__ = ("completion_tokens", "created", "finish_reason", "id", "model", "prompt_tokens")
+    __slots__ = ("client", "completion_tokens", "created", "finish_reason", "id", "model", "prompt_tokens")
 
     _next_id = 0
 
-    def __init__(self, model: str, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:
+    def __init__(
+        self, model: str, prompt_tokens: int, completion_tokens: int, finish_reason: str, client: str | None = None
+    ) -> None:
+        self.client = client
         _Completion._next_id += 1
         self.id = f"chatcmpl-sim{_Completion._next_id}"
         self.created = int(time.time())

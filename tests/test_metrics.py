@@ -3,15 +3,13 @@
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bagstress_locust.tokens import estimate_prompt_tokens, estimate_tokens
 
-from .conftest import CONVERSATIONS, LOCUSTFILE, clean_env, run_locust
+from .conftest import CONVERSATIONS, run_locust
 
 TTFT_MS, ITL_MS, TOKENS = 200.0, 20.0, 20
 E2E_MS = TTFT_MS + (TOKENS - 1) * ITL_MS
@@ -92,39 +90,3 @@ def test_server_without_usage_gives_estimated_tokens(tmp_path: Path, start_simul
     assert report["tokens"]["output"] == len(requests) * estimate_tokens(reply)
     assert report["tokens"]["input"] == sum(estimate_prompt_tokens(r["messages"]) for r in requests)
     assert "TOKENS (estimated" in run.output
-
-
-def test_master_and_two_workers_sum_exactly(tmp_path: Path, start_simulator) -> None:
-    simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "10")
-    common = ["-f", str(LOCUSTFILE), "--conversations-dir", str(CONVERSATIONS)]
-    port = "5599"
-    env = clean_env()
-    master = subprocess.Popen(
-        [sys.executable, "-m", "locust", *common, "--master", "--headless", "--master-bind-host", "127.0.0.1",
-         "--master-bind-port", port, "--expect-workers", "2", "-u", "6", "-r", "6", "-t", "6s", "--stop-timeout", "10",
-         "--host", simulator.base_url, "--think-time-scale", "0", "--summary-json", "summary.json"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1", "--master-port", port],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
-    try:
-        output, _ = master.communicate(timeout=90)
-    finally:
-        for worker in workers:
-            worker.wait(timeout=30)
-    assert master.returncode == 0, output
-    truth = simulator.stats()
-    report = json.loads((tmp_path / "summary.json").read_text())
-    assert report["messages"]["total"] == truth["completions_served"] > 0
-    assert report["tokens"]["input"] == truth["prompt_tokens_served"]
-    assert report["tokens"]["output"] == truth["completion_tokens_served"]
-    assert {m: f["messages"] for m, f in report["models"].items()} == truth["served_by_model"]
-    assert truth["models_requests"] == 2  # each worker fetched the model list: both ran users
