@@ -10,8 +10,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import ChatClient, MessageFailed, MessageResult
+    from .client import ChatClient
     from .conversations import Conversation, ConversationError, load_conversations
+    from .failures import MessageFailed
+    from .message import MessageResult
     from .plugin import BagstressPlugin, register
     from .scenario import Scenario
     from .user import ConversationUser
@@ -35,8 +37,8 @@ _MODULE_OF = {
     "Conversation": "conversations",
     "ConversationError": "conversations",
     "ConversationUser": "user",
-    "MessageFailed": "client",
-    "MessageResult": "client",
+    "MessageFailed": "failures",
+    "MessageResult": "message",
     "Scenario": "scenario",
     "load_conversations": "conversations",
     "register": "plugin",

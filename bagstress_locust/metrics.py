@@ -27,8 +27,9 @@ from typing import Any
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from .client import MODELS_REQUEST_NAME, REQUEST_TYPE, MessageResult
 from .histogram import LogHistogram
+from .message import REQUEST_TYPE, MessageResult
+from .models import MODELS_REQUEST_NAME
 
 __all__ = ["PERCENTILES", "LLMMetrics", "LLMStats"]
 

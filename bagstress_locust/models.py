@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-__all__ = ["NoModelsError", "eligible_models", "read_model_filter"]
+# Locust before httpx2: importing it lets gevent patch sockets.
+from locust.event import EventHook
+
+import httpx2
+
+from . import failures
+from .failures import MessageFailed
+
+__all__ = ["MODELS_REQUEST_NAME", "NoModelsError", "eligible_models", "fetch_models", "read_model_filter"]
+
+# Models are fetched once per process; this is the name their (rare) request event is reported under.
+MODELS_REQUEST_NAME = "GET /models"
+PLACEHOLDER_KEY = "not-needed"  # OpenAI-compatible local servers want some bearer token, and ignore it
 
 
 class NoModelsError(RuntimeError):
@@ -37,4 +50,40 @@ def eligible_models(listed: list[str], excluded: set[str]) -> list[str]:
             f"the endpoint lists {len(listed)} model(s) ({', '.join(listed) or 'none'}) and the model filter "
             "leaves none: set --model, or remove names from the filter file"
         )
+    return models
+
+
+def fetch_models(base_url: str, api_key: str | None, request_event: EventHook, settings_timeout: float) -> list[str]:
+    """``GET {base}/models``, reported as one Locust request event (type ``models``) so it is seen."""
+    url = f"{base_url.rstrip('/')}/models"
+    start_time = time.time()
+    started = time.perf_counter()
+    exception: MessageFailed | None = None
+    models: list[str] = []
+    headers = {"Authorization": f"Bearer {api_key or PLACEHOLDER_KEY}"}
+    try:
+        with httpx2.Client(timeout=settings_timeout) as http:
+            response = http.get(url, headers=headers)
+        if response.status_code != 200:
+            exception = MessageFailed(failures.http_status(response.status_code))
+        else:
+            models = [entry["id"] for entry in response.json()["data"]]
+    except httpx2.TimeoutException:
+        exception = MessageFailed(failures.read_timeout(settings_timeout))
+    except httpx2.TransportError as error:
+        exception = MessageFailed(failures.connection_error(str(error)))
+    except (ValueError, KeyError, TypeError):
+        exception = MessageFailed("malformed model list")
+    request_event.fire(
+        request_type="models",
+        name=MODELS_REQUEST_NAME,
+        response_time=(time.perf_counter() - started) * 1000,
+        response_length=len(models),
+        exception=exception,
+        context={},
+        start_time=start_time,
+        url=url,
+    )
+    if exception is not None:
+        raise exception
     return models

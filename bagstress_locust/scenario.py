@@ -8,10 +8,10 @@ from weakref import WeakKeyDictionary
 from gevent.lock import Semaphore
 from locust.env import Environment
 
-from .client import ChatClient
 from .conversations import Conversation, load_conversations
+from .message import ChatEngine
 from .metrics import LLMMetrics
-from .models import eligible_models, read_model_filter
+from .models import eligible_models, fetch_models, read_model_filter
 from .options import Settings
 
 __all__ = ["Scenario"]
@@ -24,8 +24,14 @@ class Scenario:
     """Built once per process at test start; users find it with ``Scenario.of(environment)``."""
 
     def __init__(
-        self, settings: Settings, conversations: list[Conversation], client: ChatClient, metrics: LLMMetrics
+        self,
+        environment: Environment,
+        settings: Settings,
+        conversations: list[Conversation],
+        client: ChatEngine,
+        metrics: LLMMetrics,
     ) -> None:
+        self.environment = environment
         self.settings = settings
         self.conversations = conversations
         self.client = client
@@ -41,14 +47,15 @@ class Scenario:
         if not environment.host:
             raise ValueError("no endpoint: set --host to the OpenAI base URL, /v1 included")
         num_users = getattr(environment.parsed_options, "num_users", None)
-        client = ChatClient(
+        engine = _engine_class(settings.client_engine)
+        client = engine(
             environment.host,
             settings,
             environment.events.request,
             pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE),
             client_id=getattr(environment.runner, "client_id", "local"),
         )
-        scenario = cls(settings, conversations, client, metrics)
+        scenario = cls(environment, settings, conversations, client, metrics)
         previous = _active.get(environment)
         if previous is not None:
             previous.close()
@@ -81,5 +88,22 @@ class Scenario:
                     # A missing default file means "no filter"; a file the user named must exist.
                     explicit = self.settings.model_filter != Settings().model_filter
                     excluded = read_model_filter(self.settings.model_filter, required=explicit)
-                    self._models = eligible_models(self.client.list_models(), excluded)
+                    listed = fetch_models(
+                        self.client.base_url,
+                        self.settings.api_key,
+                        self.environment.events.request,
+                        self.settings.connect_timeout + self.settings.read_timeout,
+                    )
+                    self._models = eligible_models(listed, excluded)
         return rng.choice(self._models)
+
+
+def _engine_class(name: str) -> type[ChatEngine]:
+    """The engine's class, imported only when chosen (each pulls in its own HTTP stack)."""
+    if name == "fast":
+        from .fast_client import FastChatClient
+
+        return FastChatClient
+    from .client import ChatClient
+
+    return ChatClient

@@ -13,14 +13,19 @@ from collections.abc import Iterator
 
 from locust import User, task
 
-from .client import MessageFailed
 from .conversations import Conversation, Turn, plan_turns, think_time
+from .failures import MessageFailed
 from .models import NoModelsError
 from .scenario import Scenario
 
 __all__ = ["ConversationUser"]
 
 logger = logging.getLogger(__name__)
+
+
+def retryable(reason: str | None) -> bool:
+    """Worth another attempt: anything but a client error (4xx) other than 429 Too Many Requests."""
+    return reason is not None and (not reason.startswith("HTTP 4") or reason.startswith("HTTP 429"))
 
 
 class ConversationUser(User):
@@ -50,8 +55,12 @@ class ConversationUser(User):
             return
         assert self._turns is not None
         turn = next(self._turns)  # a plan has at least one turn, and the last one ends the conversation
-        result = scenario.client.send(turn.request, self._model, self._temperature)
         settings = scenario.settings
+        result = scenario.client.send(turn.request, self._model, self._temperature)
+        for _ in range(settings.max_retries):
+            if result.succeeded or not retryable(result.error):
+                break
+            result = scenario.client.send(turn.request, self._model, self._temperature)
         if not result.succeeded:
             self._end_conversation(scenario, succeeded=False)
             self._pause = think_time("", settings.typing_speed, settings.think_time_scale)
