@@ -9,6 +9,7 @@ becomes in Locust is decided in ``message.py``, the same for every engine.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -49,8 +50,10 @@ def describe_failure(error: BaseException, settings: Settings, content_chunks: i
             return failures.connection_error(str(cause))
         if isinstance(cause, (httpx2.RemoteProtocolError, httpx2.ReadError)):
             return failures.stream_reset(content_chunks)
-    if any(isinstance(cause, ValueError) for cause in chain):
+    if any(isinstance(cause, json.JSONDecodeError) for cause in chain):
         return failures.MALFORMED_CHUNK
+    if content_chunks == 0 and isinstance(error, ValueError) and "No generation chunks" in str(error):
+        return failures.EMPTY_REPLY  # LangChain's own complaint about a stream with nothing in it
     return f"{type(error).__name__}: {error}"
 
 
@@ -72,7 +75,7 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         self._settings = settings
         self._request_event = request_event
-        timeout = httpx2.Timeout(
+        self._timeout = timeout = httpx2.Timeout(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
             write=settings.read_timeout,
@@ -137,6 +140,8 @@ class ChatClient:
                 base_url=self.base_url,
                 api_key=self._settings.api_key or PLACEHOLDER_KEY,  # type: ignore[arg-type]
                 http_client=self._http,
+                # The SDK sends its own timeout with every request (600 s by default), overriding the client's.
+                timeout=self._timeout,
                 max_retries=0,  # retries are the user's (--max-retries), so each attempt is its own event
                 streaming=True,
                 stream_usage=True,

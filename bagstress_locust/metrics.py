@@ -116,6 +116,7 @@ class LLMMetrics:
         self.total = LLMStats()
         self.conversations_succeeded = 0
         self.conversations_failed = 0
+        self.cancelled_messages = 0  # in flight when the run stopped; neither success nor failure
         self.think_time_s = 0.0
         self.errors: Counter[str] = Counter()
         self.started_at: float | None = None
@@ -143,6 +144,9 @@ class LLMMetrics:
             self.conversations_failed += 1
         self.think_time_s += think_time_s
 
+    def record_cancelled(self) -> None:
+        self.cancelled_messages += 1
+
     def reset(self) -> None:
         """Forget every figure (Locust's reset_stats); the run's start and stop times stay."""
         started_at, stopped_at = self.started_at, self.stopped_at
@@ -165,6 +169,7 @@ class LLMMetrics:
         self.total.merge(other.total)
         self.conversations_succeeded += other.conversations_succeeded
         self.conversations_failed += other.conversations_failed
+        self.cancelled_messages += other.cancelled_messages
         self.think_time_s += other.think_time_s
         self.errors.update(other.errors)
 
@@ -172,6 +177,7 @@ class LLMMetrics:
         return {
             "by_model": {model: stats.to_dict() for model, stats in self.by_model.items()},
             "conversations": [self.conversations_succeeded, self.conversations_failed],
+            "cancelled": self.cancelled_messages,
             "think_time_s": self.think_time_s,
             "errors": dict(self.errors),
         }
@@ -183,6 +189,7 @@ class LLMMetrics:
             metrics.by_model[model] = LLMStats.from_dict(stats)
             metrics.total.merge(metrics.by_model[model])
         metrics.conversations_succeeded, metrics.conversations_failed = data["conversations"]
+        metrics.cancelled_messages = data["cancelled"]
         metrics.think_time_s = data["think_time_s"]
         metrics.errors.update(data["errors"])
         return metrics

@@ -13,7 +13,15 @@ import httpx2
 from . import failures
 from .failures import MessageFailed
 
-__all__ = ["MODELS_REQUEST_NAME", "NoModelsError", "eligible_models", "fetch_models", "read_model_filter"]
+__all__ = [
+    "MODELS_REQUEST_NAME",
+    "EndpointError",
+    "NoModelsError",
+    "check_endpoint",
+    "eligible_models",
+    "fetch_models",
+    "read_model_filter",
+]
 
 # Models are fetched once per process; this is the name their (rare) request event is reported under.
 MODELS_REQUEST_NAME = "GET /models"
@@ -87,3 +95,38 @@ def fetch_models(base_url: str, api_key: str | None, request_event: EventHook, s
     if exception is not None:
         raise exception
     return models
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot serve this run at all (unreachable, key refused, no usable model)."""
+
+
+def check_endpoint(
+    base_url: str, model: str | None, model_filter: set[str], api_key: str | None, request_event: EventHook,
+    timeout: float,
+) -> list[str] | None:  # fmt: skip
+    """Probe ``GET /models`` once before users start; return the eligible models (None with a fixed model).
+
+    Raises EndpointError with one line that says what is wrong and what to do.
+    """
+    try:
+        listed = fetch_models(base_url, api_key, request_event, timeout)
+    except MessageFailed as failure:
+        reason = str(failure)
+        if reason in (failures.http_status(401), failures.http_status(403)):
+            raise EndpointError(
+                f"{base_url} refused the API key ({reason}): set OPENAI_API_KEY in the environment or .env"
+            ) from None
+        if not reason.startswith("HTTP "):
+            raise EndpointError(
+                f"cannot reach {base_url} ({reason}): check --host / OPENAI_API_BASE (the base URL, /v1 included)"
+            ) from None
+        if model is None:
+            raise EndpointError(f"GET {base_url}/models failed ({reason}): set --model to the model to test") from None
+        return None  # some servers list no models; with a fixed model that is fine
+    if model is not None:
+        return None
+    try:
+        return eligible_models(listed, model_filter)
+    except NoModelsError as error:
+        raise EndpointError(str(error)) from None

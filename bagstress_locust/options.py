@@ -19,6 +19,8 @@ from locust.env import Environment
 
 from dotenv import find_dotenv, load_dotenv
 
+from .models import read_model_filter
+
 __all__ = ["Settings", "add_arguments", "load_dotenv_file"]
 
 
@@ -53,6 +55,10 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    def excluded_models(self) -> set[str]:
+        """The names in --model-filter; a missing default file means no filter, a named file must exist."""
+        return read_model_filter(self.model_filter, required=self.model_filter != Settings.model_filter)
 
     def validate(self) -> None:
         """Reject contradictory values with a message that names the option."""

@@ -20,6 +20,7 @@ from locust.runners import MasterRunner, Runner, WorkerRunner
 from .conversations import ConversationError, fingerprint, load_conversations
 from .embedded import EmbeddedSimulator
 from .metrics import LLMMetrics
+from .models import EndpointError, check_endpoint
 from .options import Settings, add_arguments, load_dotenv_file
 from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
@@ -103,12 +104,24 @@ class BagstressPlugin:
     def _on_test_start(self, environment: Environment, **_: Any) -> None:
         runner, options = environment.runner, environment.parsed_options
         try:
+            models = None
+            if not isinstance(runner, WorkerRunner):
+                # Once per run, before any user starts: an endpoint that cannot serve it is one clear line.
+                settings = Settings.from_environment(environment)
+                models = check_endpoint(
+                    environment.host or "",
+                    settings.model,
+                    settings.excluded_models(),
+                    settings.api_key,
+                    environment.events.request,
+                    settings.connect_timeout + settings.read_timeout,
+                )
             if isinstance(runner, MasterRunner):
                 # Sent to the workers with the options: each checks that its own copy is the same.
                 conversations = load_conversations(options.conversations_dir)
                 options.conversations_fingerprint = fingerprint(conversations)
                 return
-            scenario = Scenario.start(environment, self.metrics)
+            scenario = Scenario.start(environment, self.metrics, models)
             expected = getattr(options, "conversations_fingerprint", None)
             if isinstance(runner, WorkerRunner) and expected and expected != fingerprint(scenario.conversations):
                 raise ConversationError(
@@ -117,18 +130,25 @@ class BagstressPlugin:
                         "give every worker the same files (compose mounts, or copy the folder)"
                     ]
                 )
-        except (ConversationError, ValueError, FileNotFoundError) as error:
+        except (ConversationError, EndpointError, ValueError, FileNotFoundError) as error:
             self._fail(environment, f"cannot start the test: {error}")
 
     def _fail(self, environment: Environment, message: str) -> None:
-        """Say why in one line (on the master too, for a worker) and end this process with exit code 1."""
+        """Say why in one line (on the master too, for a worker); headless, end with exit code 1.
+
+        With the web UI the run stops instead, so the form can be corrected and the run started again.
+        """
         logger.error("%s", message)
-        environment.process_exit_code = 1
         runner = environment.runner
         if isinstance(runner, WorkerRunner):
             runner.send_message(_WORKER_ERROR, message)
-        if runner is not None:
+        if runner is None:
+            return
+        if environment.parsed_options.headless or isinstance(runner, WorkerRunner):
+            environment.process_exit_code = 1
             gevent.spawn(runner.quit)
+        else:
+            gevent.spawn(runner.stop)
 
     def _on_worker_error(self, environment: Environment, msg: Any, **_: Any) -> None:
         logger.error("worker %s: %s", msg.node_id, msg.data)

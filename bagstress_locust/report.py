@@ -5,7 +5,7 @@ the CSV files are renderings of it, so they cannot disagree. Its keys (stable, d
 README) are::
 
     {"duration_s", "conversations": {"total", "succeeded", "failed", "per_minute"},
-     "messages": {"total", "succeeded", "failed", "per_s", "length_capped"},
+     "messages": {"total", "succeeded", "failed", "per_s", "length_capped", "cancelled"},
      "tokens": {"input", "output", "output_per_s", "output_in_failed", "estimated"},
      "latency_ms" | "ttft_ms" | "itl_ms" | "tpot_ms": {"count", "min", "avg", "max", "p50", "p90", "p95", "p99"},
      "think_time_s", "models": {"<model>": {"messages", "failures", "tokens": {"input", "output"}}},
@@ -82,6 +82,7 @@ def summary(metrics: LLMMetrics) -> dict[str, Any]:
             "failed": total.failures,
             "per_s": round(total.messages / duration, 3) if duration else 0.0,
             "length_capped": total.length_capped,
+            "cancelled": metrics.cancelled_messages,
         },
         "tokens": {
             "input": total.input_tokens,
@@ -140,7 +141,8 @@ def format_summary(report: dict[str, Any]) -> str:
         "",
         "MESSAGES",
         f"  Total: {messages['total']:,}   Succeeded: {messages['succeeded']:,}   Failed: {messages['failed']:,}   "
-        f"Rate: {messages['per_s']:.2f}/s   Capped by max tokens: {messages['length_capped']:,}",
+        f"Rate: {messages['per_s']:.2f}/s   Capped by max tokens: {messages['length_capped']:,}   "
+        f"Cancelled at stop: {messages['cancelled']:,}",
         "",
         f"TOKENS{estimated}",
         f"  Input: {tokens['input']:,}   Output: {tokens['output']:,}   Output/s: {tokens['output_per_s']:,.1f}   "

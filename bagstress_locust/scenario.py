@@ -11,7 +11,7 @@ from locust.env import Environment
 from .conversations import Conversation, load_conversations
 from .message import ChatEngine
 from .metrics import LLMMetrics
-from .models import eligible_models, fetch_models, read_model_filter
+from .models import eligible_models, fetch_models
 from .options import Settings
 
 __all__ = ["Scenario"]
@@ -21,7 +21,7 @@ _active: WeakKeyDictionary[Environment, Scenario] = WeakKeyDictionary()
 
 
 class Scenario:
-    """Built once per process at test start; users find it with ``Scenario.of(environment)``."""
+    """Built once per process at test start; users find it with ``Scenario.find(environment)``."""
 
     def __init__(
         self,
@@ -40,8 +40,11 @@ class Scenario:
         self._models_lock = Semaphore()
 
     @classmethod
-    def start(cls, environment: Environment, metrics: LLMMetrics) -> Scenario:
-        """Read the options, load the conversations and open the client for this process."""
+    def start(cls, environment: Environment, metrics: LLMMetrics, models: list[str] | None = None) -> Scenario:
+        """Read the options, load the conversations and open the client for this process.
+
+        ``models``: the eligible models if this process has already listed them (the start-up probe).
+        """
         settings = Settings.from_environment(environment)
         conversations = load_conversations(settings.conversations_dir)
         if not environment.host:
@@ -56,6 +59,7 @@ class Scenario:
             client_id=getattr(environment.runner, "client_id", "local"),
         )
         scenario = cls(environment, settings, conversations, client, metrics)
+        scenario._models = models
         previous = _active.get(environment)
         if previous is not None:
             previous.close()
@@ -63,11 +67,9 @@ class Scenario:
         return scenario
 
     @classmethod
-    def of(cls, environment: Environment) -> Scenario:
-        scenario = _active.get(environment)
-        if scenario is None:
-            raise RuntimeError("no bagstress scenario for this environment: was bagstress_locust.register() called?")
-        return scenario
+    def find(cls, environment: Environment) -> Scenario | None:
+        """This process's scenario, or None when the run could not start (the reason was logged)."""
+        return _active.get(environment)
 
     @classmethod
     def stop(cls, environment: Environment) -> None:
@@ -85,16 +87,13 @@ class Scenario:
         if self._models is None:
             with self._models_lock:
                 if self._models is None:
-                    # A missing default file means "no filter"; a file the user named must exist.
-                    explicit = self.settings.model_filter != Settings().model_filter
-                    excluded = read_model_filter(self.settings.model_filter, required=explicit)
                     listed = fetch_models(
                         self.client.base_url,
                         self.settings.api_key,
                         self.environment.events.request,
                         self.settings.connect_timeout + self.settings.read_timeout,
                     )
-                    self._models = eligible_models(listed, excluded)
+                    self._models = eligible_models(listed, self.settings.excluded_models())
         return rng.choice(self._models)
 
 

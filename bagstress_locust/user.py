@@ -11,7 +11,9 @@ import logging
 import random
 from collections.abc import Iterator
 
+from gevent import GreenletExit
 from locust import User, task
+from locust.exception import StopUser
 
 from .conversations import Conversation, Turn, plan_turns, think_time
 from .failures import MessageFailed
@@ -50,17 +52,24 @@ class ConversationUser(User):
     @task
     def send_next_message(self) -> None:
         """Send the next user message of the current conversation, starting a new one if needed."""
-        scenario = Scenario.of(self.environment)
+        scenario = Scenario.find(self.environment)
+        if scenario is None:  # the run could not start (already said why, once): nothing to send
+            raise StopUser()
         if self._turns is None and not self._begin_conversation(scenario):
             return
         assert self._turns is not None
         turn = next(self._turns)  # a plan has at least one turn, and the last one ends the conversation
         settings = scenario.settings
-        result = scenario.client.send(turn.request, self._model, self._temperature)
-        for _ in range(settings.max_retries):
-            if result.succeeded or not retryable(result.error):
-                break
+        try:
             result = scenario.client.send(turn.request, self._model, self._temperature)
+            for _ in range(settings.max_retries):
+                if result.succeeded or not retryable(result.error):
+                    break
+                result = scenario.client.send(turn.request, self._model, self._temperature)
+        except GreenletExit:
+            # The run stopped while the reply streamed: not the server's failure, and not a message.
+            scenario.metrics.record_cancelled()
+            raise
         if not result.succeeded:
             self._end_conversation(scenario, succeeded=False)
             self._pause = think_time("", settings.typing_speed, settings.think_time_scale)

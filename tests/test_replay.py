@@ -90,10 +90,13 @@ def test_unreachable_endpoint_fails_clearly_and_exits_non_zero(tmp_path: Path) -
         "-t", "3s", "--model", "m", "--csv", "run",
     )  # fmt: skip
     assert run.returncode != 0
-    rows = chat_rows(run.csv_rows())
-    assert sum(int(r["Failure Count"]) for r in rows) > 0
+    # Probed once before any user starts: one failed request, one line saying what to do, no tracebacks.
+    rows = run.csv_rows()
+    assert sum(int(r["Failure Count"]) for r in rows if r["Name"] != "Aggregated") == 1
     failures = (tmp_path / "run_failures.csv").read_text()
     assert "connection error: Connection refused" in failures
+    assert "cannot reach http://127.0.0.1:9/v1 (connection error: Connection refused)" in run.output
+    assert "check --host / OPENAI_API_BASE" in run.output
     assert "Traceback" not in run.output
 
 
