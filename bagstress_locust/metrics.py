@@ -117,6 +117,7 @@ class LLMMetrics:
         self.conversations_succeeded = 0
         self.conversations_failed = 0
         self.cancelled_messages = 0  # in flight when the run stopped; neither success nor failure
+        self.conversation_messages = 0  # messages sent by finished conversations
         self.think_time_s = 0.0
         self.errors: Counter[str] = Counter()
         self.started_at: float | None = None
@@ -136,12 +137,13 @@ class LLMMetrics:
         if isinstance(environment.runner, MasterRunner):
             events.worker_report.add_listener(self._on_worker_report)
 
-    def record_conversation(self, succeeded: bool, think_time_s: float) -> None:
+    def record_conversation(self, succeeded: bool, messages: int, think_time_s: float) -> None:
         """A conversation ended (conversations cut short by the end of the run are not counted)."""
         if succeeded:
             self.conversations_succeeded += 1
         else:
             self.conversations_failed += 1
+        self.conversation_messages += messages
         self.think_time_s += think_time_s
 
     def record_cancelled(self) -> None:
@@ -170,6 +172,7 @@ class LLMMetrics:
         self.conversations_succeeded += other.conversations_succeeded
         self.conversations_failed += other.conversations_failed
         self.cancelled_messages += other.cancelled_messages
+        self.conversation_messages += other.conversation_messages
         self.think_time_s += other.think_time_s
         self.errors.update(other.errors)
 
@@ -178,6 +181,7 @@ class LLMMetrics:
             "by_model": {model: stats.to_dict() for model, stats in self.by_model.items()},
             "conversations": [self.conversations_succeeded, self.conversations_failed],
             "cancelled": self.cancelled_messages,
+            "conversation_messages": self.conversation_messages,
             "think_time_s": self.think_time_s,
             "errors": dict(self.errors),
         }
@@ -190,6 +194,7 @@ class LLMMetrics:
             metrics.total.merge(metrics.by_model[model])
         metrics.conversations_succeeded, metrics.conversations_failed = data["conversations"]
         metrics.cancelled_messages = data["cancelled"]
+        metrics.conversation_messages = data["conversation_messages"]
         metrics.think_time_s = data["think_time_s"]
         metrics.errors.update(data["errors"])
         return metrics

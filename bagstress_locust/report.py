@@ -4,7 +4,7 @@
 the CSV files are renderings of it, so they cannot disagree. Its keys (stable, documented in the
 README) are::
 
-    {"duration_s", "conversations": {"total", "succeeded", "failed", "per_minute"},
+    {"duration_s", "conversations": {"total", "succeeded", "failed", "per_minute", "messages_avg", "think_time_avg_s"},
      "messages": {"total", "succeeded", "failed", "per_s", "length_capped", "cancelled"},
      "tokens": {"input", "output", "output_per_s", "output_in_failed", "estimated"},
      "latency_ms" | "ttft_ms" | "itl_ms" | "tpot_ms": {"count", "min", "avg", "max", "p50", "p90", "p95", "p99"},
@@ -75,6 +75,8 @@ def summary(metrics: LLMMetrics) -> dict[str, Any]:
             "succeeded": metrics.conversations_succeeded,
             "failed": metrics.conversations_failed,
             "per_minute": round(conversations / duration * 60, 3) if duration else 0.0,
+            "messages_avg": round(metrics.conversation_messages / conversations, 3) if conversations else None,
+            "think_time_avg_s": round(metrics.think_time_s / conversations, 3) if conversations else None,
         },
         "messages": {
             "total": total.messages,
@@ -138,6 +140,8 @@ def format_summary(report: dict[str, Any]) -> str:
         f"  Total: {conversations['total']:,}   Succeeded: {conversations['succeeded']:,} "
         f"({share(conversations['succeeded'], conversations['total'])})   Failed: {conversations['failed']:,} "
         f"({share(conversations['failed'], conversations['total'])})   Rate: {conversations['per_minute']:.2f}/min",
+        f"  Messages per conversation: {_figure(conversations['messages_avg'], 2)}   "
+        f"Typing pause per conversation: {_figure(conversations['think_time_avg_s'], 2)} s",
         "",
         "MESSAGES",
         f"  Total: {messages['total']:,}   Succeeded: {messages['succeeded']:,}   Failed: {messages['failed']:,}   "

@@ -44,6 +44,7 @@ class ConversationUser(User):
         self._temperature = 0.0
         self._pause = 0.0
         self._think_time_s = 0.0
+        self._messages_sent = 0
 
     def wait_time(self) -> float:
         """The typing pause before the next message (none before a conversation's first)."""
@@ -66,6 +67,7 @@ class ConversationUser(User):
                 if result.succeeded or not retryable(result.error):
                     break
                 result = scenario.client.send(turn.request, self._model, self._temperature)
+            self._messages_sent += 1
         except GreenletExit:
             # The run stopped while the reply streamed: not the server's failure, and not a message.
             scenario.metrics.record_cancelled()
@@ -96,7 +98,8 @@ class ConversationUser(User):
         return True
 
     def _end_conversation(self, scenario: Scenario, succeeded: bool) -> None:
-        scenario.metrics.record_conversation(succeeded, self._think_time_s)
+        scenario.metrics.record_conversation(succeeded, self._messages_sent, self._think_time_s)
         self._turns = None
         self._conversation = None
         self._think_time_s = 0.0
+        self._messages_sent = 0

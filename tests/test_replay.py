@@ -31,7 +31,7 @@ def test_replay_sends_exactly_the_scripted_history(tmp_path: Path, start_simulat
     run = run_locust(
         tmp_path, "--host", simulator.base_url, "--conversations-dir", str(conversations), "-u", "2", "-r", "2",
         "-t", "3s", "--stop-timeout", "5", "--think-time-scale", "0", "--cut-probability", "0", "--model", "sim-small",
-        "--temp-min", "0.3", "--temp-max", "0.6",
+        "--temp-min", "0.3", "--temp-max", "0.6", "--summary-json", "summary.json",
     )  # fmt: skip
     assert run.returncode == 0, run.output
     requests = simulator.requests()
@@ -48,6 +48,8 @@ def test_replay_sends_exactly_the_scripted_history(tmp_path: Path, start_simulat
     # Each user replays whole conversations, in order: turn 1, 2, 3, 1, 2, 3, ...
     turns = [len(r["messages"]) for r in requests]
     assert turns.count(2) >= turns.count(4) >= turns.count(6) >= turns.count(2) - 2
+    conversations = json.loads((tmp_path / "summary.json").read_text())["conversations"]
+    assert conversations["total"] == turns.count(6) and conversations["messages_avg"] == 3
 
 
 def test_headless_run_counts_every_served_message(tmp_path: Path, start_simulator) -> None:
