@@ -97,25 +97,19 @@ def summary(metrics: LLMMetrics) -> dict[str, Any]:
     for name, key in _TIMING_KEYS.items():
         result[key] = distribution(total.timings[name])
     result["think_time_s"] = round(metrics.think_time_s, 3)
-    result["models"] = {
-        model: {
-            "messages": stats.messages,
-            "failures": stats.failures,
-            "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
-        }
-        for model, stats in sorted(metrics.by_model.items())
-    }
+    result["models"] = {model: _counts(stats) for model, stats in sorted(metrics.by_model.items())}
     result["errors"] = dict(metrics.errors.most_common())
     if metrics.by_worker:
-        result["workers"] = {
-            worker: {
-                "messages": stats.messages,
-                "failures": stats.failures,
-                "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
-            }
-            for worker, stats in sorted(metrics.by_worker.items())
-        }
+        result["workers"] = {worker: _counts(stats) for worker, stats in sorted(metrics.by_worker.items())}
     return result
+
+
+def _counts(stats: LLMStats) -> dict[str, Any]:
+    return {
+        "messages": stats.messages,
+        "failures": stats.failures,
+        "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
+    }
 
 
 def _figure(value: float | None, digits: int = 1) -> str:
