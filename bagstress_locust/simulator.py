@@ -414,7 +414,7 @@ class _Simulator:
                 if not isinstance(value, accepted) or isinstance(value, bool) != (bool in accepted):
                     raise ValueError(f"{name} cannot be {value!r}")
                 if float in accepted:
-                    changes[name] = float(value)
+                    changes[name] = float(value)  # type: ignore[arg-type]  # an int or float, checked above
             self.configure(dataclasses.replace(self.config, **changes))
         except ValueError as error:
             return self._send_error(conn, 400, f"bad simulator config: {error}", "invalid_request_error")
