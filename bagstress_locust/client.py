@@ -23,8 +23,8 @@ import openai
 from langchain_openai import ChatOpenAI
 
 from . import failures
+from .endpoint import PLACEHOLDER_KEY
 from .message import MessageResult, StreamRecord, finish_message
-from .models import PLACEHOLDER_KEY
 from .options import Settings
 
 __all__ = ["CLIENT_HEADER", "ChatClient", "describe_failure"]

@@ -27,9 +27,9 @@ from typing import Any
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from .endpoint import MODELS_REQUEST_NAME
 from .histogram import LogHistogram
 from .message import REQUEST_TYPE, MessageResult
-from .models import MODELS_REQUEST_NAME
 
 __all__ = ["PERCENTILES", "LLMMetrics", "LLMStats"]
 

@@ -19,8 +19,8 @@ from locust.runners import MasterRunner, Runner, WorkerRunner
 
 from .conversations import ConversationError, fingerprint, load_conversations
 from .embedded import EmbeddedSimulator
+from .endpoint import EndpointError, check_endpoint
 from .metrics import LLMMetrics
-from .models import EndpointError, check_endpoint
 from .options import Settings, add_arguments, load_dotenv_file
 from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
@@ -68,6 +68,10 @@ class BagstressPlugin:
         self._check_options(environment)
         self._choose_endpoint(environment, runner)
         environment.events.reset_stats.add_listener(lambda **_: self.history.clear())
+        # gevent timers count from the loop's cached clock, last read before Locust imported the
+        # locustfile (and LangChain with it, ~1.5 s): without a fresh reading, the --run-time timer
+        # Locust sets next would end the run that much early.
+        gevent.get_hub().loop.update_now()
         # Locust's "quit" comes after its own final tables, so our summary is the last thing printed.
         environment.events.quit.add_listener(lambda **_: self._report(environment))
         self._ticker = gevent.spawn(self._tick, environment)

@@ -10,9 +10,10 @@ from locust.env import Environment
 
 from .client import ChatClient
 from .conversations import Conversation, load_conversations
+from .endpoint import fetch_models
 from .message import ChatEngine
 from .metrics import LLMMetrics
-from .models import eligible_models, fetch_models
+from .models import eligible_models
 from .options import Settings
 
 __all__ = ["Scenario"]
