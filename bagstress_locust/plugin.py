@@ -24,6 +24,7 @@ from .metrics import LLMMetrics
 from .options import Settings, add_arguments, load_dotenv_file
 from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
+from .webui import register_web_ui
 
 __all__ = ["BagstressPlugin", "register"]
 
@@ -67,6 +68,7 @@ class BagstressPlugin:
             return
         self._check_options(environment)
         self._choose_endpoint(environment, runner)
+        register_web_ui(environment, self.metrics, self.history)  # the LLM tab; the --html file's section
         environment.events.reset_stats.add_listener(lambda **_: self.history.clear())
         # gevent timers count from the loop's cached clock, last read before Locust imported the
         # locustfile (and LangChain with it, ~1.5 s): without a fresh reading, the --run-time timer
