@@ -150,7 +150,8 @@ class BagstressPlugin:
             runner.send_message(_WORKER_ERROR, message)
         if runner is None:
             return
-        if environment.parsed_options.headless or isinstance(runner, WorkerRunner):
+        # Without parsed options Locust runs as a library: nobody is at a form to fix anything.
+        if getattr(environment.parsed_options, "headless", True) or isinstance(runner, WorkerRunner):
             environment.process_exit_code = 1
             gevent.spawn(runner.quit)
         else:
