@@ -167,7 +167,7 @@ class _ReusingTransport(httpx2.BaseTransport):
         response = self._inner.handle_request(request)
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             record = getattr(self._exchange, "record", None)
-            response.stream = _DrainAfterDone(response.stream, record)  # type: ignore[arg-type]
+            response.stream = _DrainAfterDone(response.stream, record)
         return response
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ line right after importing it; everything else happens in Locust's own hooks.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -82,7 +83,7 @@ class BagstressPlugin:
         """Fail fast, before any user starts, with every problem listed."""
         try:
             Settings.from_environment(environment)
-            load_conversations(environment.parsed_options.conversations_dir)
+            load_conversations(_options(environment).conversations_dir)
         except (ConversationError, ValueError) as error:
             logger.error("%s", error)
             sys.exit(1)
@@ -95,7 +96,7 @@ class BagstressPlugin:
         if base_url:
             environment.host = base_url
             return
-        options = environment.parsed_options
+        options = _options(environment)
         timing = ["--ttft", str(options.sim_ttft), "--itl", str(options.sim_itl)]
         self.simulator = EmbeddedSimulator([*timing, "--output-tokens", str(options.sim_output_tokens)])
         environment.host = self.simulator.start()
@@ -108,7 +109,7 @@ class BagstressPlugin:
         )
 
     def _on_test_start(self, environment: Environment, **_: Any) -> None:
-        runner, options = environment.runner, environment.parsed_options
+        runner = environment.runner
         try:
             models = None
             if not isinstance(runner, WorkerRunner):
@@ -124,16 +125,17 @@ class BagstressPlugin:
                 )
             if isinstance(runner, MasterRunner):
                 # Sent to the workers with the options: each checks that its own copy is the same.
+                options = _options(environment)
                 conversations = load_conversations(options.conversations_dir)
                 options.conversations_fingerprint = fingerprint(conversations)
                 return
             scenario = Scenario.start(environment, self.metrics, models)
-            expected = getattr(options, "conversations_fingerprint", None)
+            expected = getattr(environment.parsed_options, "conversations_fingerprint", None)
             if isinstance(runner, WorkerRunner) and expected and expected != fingerprint(scenario.conversations):
                 raise ConversationError(
                     [
-                        f"{options.conversations_dir}: this worker's conversations differ from the master's; "
-                        "give every worker the same files (compose mounts, or copy the folder)"
+                        f"{scenario.settings.conversations_dir}: this worker's conversations differ from the "
+                        "master's; give every worker the same files (compose mounts, or copy the folder)"
                     ]
                 )
         except (ConversationError, EndpointError, ValueError, FileNotFoundError) as error:
@@ -147,7 +149,7 @@ class BagstressPlugin:
         logger.error("%s", message)
         runner = environment.runner
         if isinstance(runner, WorkerRunner):
-            runner.send_message(_WORKER_ERROR, message)
+            runner.send_message(_WORKER_ERROR, {"message": message})
         if runner is None:
             return
         # Without parsed options Locust runs as a library: nobody is at a form to fix anything.
@@ -158,7 +160,7 @@ class BagstressPlugin:
             gevent.spawn(runner.stop)
 
     def _on_worker_error(self, environment: Environment, msg: Any, **_: Any) -> None:
-        logger.error("worker %s: %s", msg.node_id, msg.data)
+        logger.error("worker %s: %s", msg.node_id, msg.data["message"])
         environment.process_exit_code = 1
 
     def _on_test_stop(self, environment: Environment, **_: Any) -> None:
@@ -183,7 +185,7 @@ class BagstressPlugin:
 
     def _tick(self, environment: Environment) -> None:
         """Every console interval while a test runs: a history row and, headless, the LLM table."""
-        options = environment.parsed_options
+        options = _options(environment)
         print_table = options.headless and not options.only_summary
         while True:
             gevent.sleep(locust.stats.CONSOLE_STATS_INTERVAL_SEC)
@@ -196,13 +198,20 @@ class BagstressPlugin:
 
     def _report(self, environment: Environment) -> None:
         """The final summary on the console, and the JSON and CSV files if asked for."""
-        options = environment.parsed_options
+        options = _options(environment)
         report = summary(self.metrics)
         stats_console.info(format_summary(report))
         if options.summary_json:
             write_json(report, options.summary_json)
         if options.csv_prefix:
             write_csv(self.metrics, self.history, options.csv_prefix)
+
+
+def _options(environment: Environment) -> argparse.Namespace:
+    """The parsed command line; only called where Locust has one (``_on_init`` checked)."""
+    options = environment.parsed_options
+    assert isinstance(options, argparse.Namespace)
+    return options
 
 
 def register(events: Events) -> BagstressPlugin:

@@ -117,7 +117,7 @@ def _nice_step(rough: float) -> float:
     """The smallest of 1, 2, 2.5 or 5 times a power of ten that is at least ``rough``."""
     if rough <= 0:
         return 1.0
-    magnitude = 10 ** math.floor(math.log10(rough))
+    magnitude = 10.0 ** math.floor(math.log10(rough))
     return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= rough)
 
 
@@ -321,6 +321,7 @@ class LLMWebUI:
         for rule, view in routes.items():
             endpoint = rule.rsplit("/", 1)[1].replace(".", "_").replace("-", "_")
             blueprint.add_url_rule(rule, endpoint, web_ui.auth_required_if_enabled(view))
+        assert web_ui.app is not None  # Locust creates the Flask app with the web UI
         web_ui.app.register_blueprint(blueprint)
         web_ui.app.after_request(self._extend_locust_response)
 
