@@ -19,6 +19,7 @@ from locust.event import Events
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
 from .conversations import ConversationError, fingerprint, load_conversations
+from .drain import FinalReports
 from .embedded import EmbeddedSimulator
 from .endpoint import EndpointError, check_endpoint
 from .metrics import LLMMetrics
@@ -43,6 +44,7 @@ class BagstressPlugin:
         self.simulator: EmbeddedSimulator | None = None
         self.metrics = LLMMetrics()
         self.history = HistoryRecorder()
+        self.final_reports = FinalReports()  # workers' last figures reach the master before it reports
         self._ticker: gevent.Greenlet | None = None
 
     def register(self, events: Events) -> None:
@@ -63,6 +65,7 @@ class BagstressPlugin:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.metrics.register(environment)
+        self.final_reports.register(environment)
         if isinstance(runner, MasterRunner):
             runner.register_message(_WORKER_ERROR, self._on_worker_error)
         if isinstance(runner, WorkerRunner) or environment.parsed_options is None:

@@ -7,6 +7,7 @@ with only the compose network's names replaced by loopback addresses.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -197,3 +198,18 @@ def test_a_worker_without_the_conversations_is_refused(tmp_path: Path, start_sim
     assert "conversations: conversations directory not found" in output
     assert code == 1
     assert simulator.stats()["chat_requests"] == 0
+
+
+def test_messages_finishing_after_the_end_still_reach_the_master(start_simulator, start_cluster) -> None:
+    """Replies longer than Locust's report interval: the last ones finish during --stop-timeout."""
+    simulator = start_simulator("--ttft", "2.5", "--itl", "0.01", "--output-tokens", "5")
+    cluster = start_cluster(simulator.base_url, 2, "-u", "4", "-r", "4", "-t", "4s", "--stop-timeout", "10",
+                            "--think-time-scale", "0")  # fmt: skip
+    code, output, _ = cluster.finish()
+    assert code == 0, output
+    truth, report = simulator.stats(), cluster.summary()
+    assert truth["completions_served"] >= 8  # 4 finished during the run, 4 more during --stop-timeout
+    assert_totals_equal_served(report, truth)
+    assert {w: f["messages"] for w, f in report["workers"].items()} == truth["served_by_client"]
+    # Locust's own table on the master counts them too (plus 3 model lists: the probe and each worker's).
+    assert re.search(rf"Aggregated\s+{truth['completions_served'] + 3}\s+0\(", output), output[-3000:]
