@@ -16,7 +16,7 @@ import gevent
 import locust.stats
 from locust.env import Environment
 from locust.event import Events
-from locust.runners import MasterRunner, Runner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, Runner, WorkerRunner
 
 from .conversations import ConversationError, fingerprint, load_conversations
 from .drain import FinalReports
@@ -170,8 +170,14 @@ class BagstressPlugin:
         Scenario.stop(environment)
 
     def _on_quitting(self, environment: Environment, **_: Any) -> None:
+        runner = environment.runner
+        if runner is not None and runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            # Ctrl-C: Locust fires "quitting" before it stops the users. Stop them first (in-flight
+            # messages become "cancelled"), or closing the client below would break their streams
+            # and blame the server for it.
+            runner.stop()
         options = environment.parsed_options
-        if getattr(options, "csv_prefix", None) and not isinstance(environment.runner, WorkerRunner):
+        if getattr(options, "csv_prefix", None) and not isinstance(runner, WorkerRunner):
             # Locust rewrites its --csv files every CSV_STATS_INTERVAL_SEC but not at shutdown, so the
             # last interval (and messages finished during --stop-timeout) went missing (locust #1806,
             # #2299). Users have stopped by now; one more interval lets its writer record the final totals.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -245,3 +246,25 @@ def test_thousands_of_files_load(tmp_path: Path) -> None:
     conversations = load_conversations(tmp_path)
     assert len(conversations) == 3000
     assert len(fingerprint(conversations)) == 64
+
+
+def test_ctrl_c_cancels_in_flight_messages_and_still_writes_every_report(tmp_path: Path, start_simulator) -> None:
+    simulator = start_simulator("--ttft", "5", "--itl", "0.01", "--output-tokens", "3")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", simulator.base_url,
+         "--conversations-dir", str(CONVERSATIONS), "-u", "2", "-r", "2", "-t", "60s", "--think-time-scale", "0",
+         "--summary-json", "summary.json", "--csv", "run"],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while simulator.stats()["chat_requests"] < 2:  # both users are waiting for a reply
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert time.monotonic() - started < 10  # the 5 s replies were not waited for
+    assert "Traceback" not in output
+    report = summary_of(tmp_path)
+    assert report["messages"]["cancelled"] == 2 and report["messages"]["failed"] == 0
+    assert (tmp_path / "run_llm_stats.csv").exists() and (tmp_path / "run_stats.csv").exists()
