@@ -95,6 +95,7 @@ class ChatClient:
             headers={CLIENT_HEADER: client_id},
         )
         self._chat_url = f"{self.base_url}/chat/completions"
+        self._unused_async_http = httpx2.AsyncClient()
         self._chat_models: dict[tuple[str, float, int | None], ChatOpenAI] = {}
 
     def close(self) -> None:
@@ -140,6 +141,8 @@ class ChatClient:
                 base_url=self.base_url,
                 api_key=self._settings.api_key or PLACEHOLDER_KEY,  # type: ignore[arg-type]
                 http_client=self._http,
+                # Never used (we stream synchronously); given so each instance does not build its own.
+                http_async_client=self._unused_async_http,
                 # The SDK sends its own timeout with every request (600 s by default), overriding the client's.
                 timeout=self._timeout,
                 max_retries=0,  # retries are the user's (--max-retries), so each attempt is its own event
