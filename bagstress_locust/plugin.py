@@ -26,6 +26,7 @@ from .metrics import LLMMetrics
 from .options import Settings, add_arguments, load_dotenv_file
 from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
+from .selfcheck import LoadGeneratorMonitor
 from .webui import register_web_ui
 
 __all__ = ["BagstressPlugin", "register"]
@@ -43,6 +44,7 @@ class BagstressPlugin:
     def __init__(self) -> None:
         self.simulator: EmbeddedSimulator | None = None
         self.metrics = LLMMetrics()
+        self.monitor = LoadGeneratorMonitor()  # is this process distorting what it measures?
         self.history = HistoryRecorder()
         self.final_reports = FinalReports()  # workers' last figures reach the master before it reports
         self._ticker: gevent.Greenlet | None = None
@@ -65,6 +67,7 @@ class BagstressPlugin:
         for name in _CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.metrics.register(environment)
+        self.monitor.register(environment)
         self.final_reports.register(environment)
         if isinstance(runner, MasterRunner):
             runner.register_message(_WORKER_ERROR, self._on_worker_error)
@@ -204,12 +207,17 @@ class BagstressPlugin:
             self.history.sample(self.metrics, user_count)
             if print_table:
                 stats_console.info(format_table(self.metrics) + "\n")
+                for line in self.monitor.warnings(self.metrics.total.timings["ttft"].quantile(0.5)):
+                    logger.warning("%s", line)
 
     def _report(self, environment: Environment) -> None:
         """The final summary on the console, and the JSON and CSV files if asked for."""
         options = _options(environment)
         report = summary(self.metrics)
+        report["load_generator"] = self.monitor.summary(report["ttft_ms"]["p50"])
         stats_console.info(format_summary(report))
+        for line in self.monitor.warnings(report["ttft_ms"]["p50"]):
+            logger.warning("%s", line)
         if options.summary_json:
             write_json(report, options.summary_json)
         if options.csv_prefix:

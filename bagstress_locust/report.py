@@ -10,7 +10,13 @@ README) are::
      "latency_ms" | "ttft_ms" | "itl_ms" | "tpot_ms": {"count", "min", "avg", "max", "p50", "p90", "p95", "p99"},
      "think_time_s", "models": {"<model>": {"messages", "failures", "tokens": {"input", "output"}}},
      "errors": {"<reason>": count},
-     "workers": {"<worker id>": {"messages", "failures", "tokens": {"input", "output"}}}}  # distributed runs
+     "workers": {"<worker id>": {"messages", "failures", "tokens": {"input", "output"}}},  # distributed runs
+     "load_generator": {"lag_p99_ms", "cpu_max_percent", "inflated", "threshold_ms", "more_processes",
+                        "workers": {"<worker id, or 'local'>": {"lag_p50_ms", "lag_p99_ms", "cpu_max_percent",
+                                                                "inflated", "more_processes", "saturated"}}}}
+
+``load_generator`` is added by the plugin from ``selfcheck.LoadGeneratorMonitor.summary``: whether
+our own scheduling lag inflated the latency figures (lag p99 above 2% of TTFT p50), per process.
 
 Times are in milliseconds, rounded to 0.01 ms; an empty distribution has ``null`` figures.
 """
