@@ -23,14 +23,11 @@ import openai
 from langchain_openai import ChatOpenAI
 
 from . import failures
-from .endpoint import PLACEHOLDER_KEY
+from .endpoint import CLIENT_HEADER, PLACEHOLDER_KEY
 from .message import MessageResult, StreamRecord, finish_message
 from .options import Settings
 
-__all__ = ["CLIENT_HEADER", "ChatClient", "describe_failure"]
-
-# Says which load generator sent a request; the simulator counts by it, real servers ignore it.
-CLIENT_HEADER = "X-Bagstress-Client"
+__all__ = ["ChatClient", "describe_failure"]
 
 
 def describe_failure(error: BaseException, settings: Settings, content_chunks: int) -> str:

@@ -16,7 +16,17 @@ from . import failures
 from .failures import MessageFailed
 from .models import NoModelsError, eligible_models
 
-__all__ = ["MODELS_REQUEST_NAME", "PLACEHOLDER_KEY", "EndpointError", "check_endpoint", "fetch_models"]
+__all__ = [
+    "CLIENT_HEADER",
+    "MODELS_REQUEST_NAME",
+    "PLACEHOLDER_KEY",
+    "EndpointError",
+    "check_endpoint",
+    "fetch_models",
+]
+
+# Says which load generator sent a request; the simulator counts by it, real servers ignore it.
+CLIENT_HEADER = "X-Bagstress-Client"
 
 # Models are fetched once per process; this is the name their (rare) request event is reported under.
 MODELS_REQUEST_NAME = "GET /models"

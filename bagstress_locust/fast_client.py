@@ -32,15 +32,12 @@ from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketPoolResponse
 
 from . import failures
-from .endpoint import PLACEHOLDER_KEY
+from .endpoint import CLIENT_HEADER, PLACEHOLDER_KEY
 from .message import MessageResult, StreamRecord, finish_message
 from .options import Settings
 
 __all__ = ["FastChatClient"]
 
-# client.CLIENT_HEADER, spelled out: importing the LangChain engine would load LangChain and the SDK
-# into this process for one string, and Python's full garbage collections would walk their objects.
-CLIENT_HEADER = "X-Bagstress-Client"
 
 # Each user has at most one request in flight, so the pool never needs more connections than users;
 # a bound here could only make users queue for a connection, a delay of ours that no figure would show.
