@@ -4,8 +4,9 @@ Every option is registered on Locust's own parser, so it appears in ``locust --h
 heading, in Locust config files, as ``LOCUST_<NAME>`` in the environment and in the web UI's start
 form. The seed tool's ``.env`` names still work: ``OPENAI_API_BASE`` (used when ``--host`` is not
 given), ``OPENAI_API_KEY``, ``MODEL_NAME``, ``TEMPERATURE`` (fixes the temperature) and
-``MAX_TOKENS``. The API key is deliberately *not* an option: Locust sends option values to the
-browser, so the key is read from the environment only, at test start.
+``MAX_TOKENS``. The API key is read from ``OPENAI_API_KEY`` at test start, or typed into the web
+UI's masked ``--api-key`` field. That field never takes a value from the command line or a config
+file (``check_no_key_option``): Locust sends every option's value to the browser as its default.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dotenv import find_dotenv, load_dotenv
 
 from .models import read_model_filter
 
-__all__ = ["Settings", "add_arguments", "load_dotenv_file"]
+__all__ = ["Settings", "add_arguments", "check_no_key_option", "load_dotenv_file"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ class Settings:
         options = environment.parsed_options
         values: dict[str, Any] = {}
         for name, spec in cls.__dataclass_fields__.items():
-            if name != "api_key" and options is not None and hasattr(options, name):
+            if options is not None and hasattr(options, name):
                 values[name] = _coerce(getattr(options, name), str(spec.type), name)
-        values["api_key"] = os.environ.get("OPENAI_API_KEY") or None
+        # A key typed into the web UI's form wins over the environment's.
+        values["api_key"] = values.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
         settings = cls(**values)
         settings.validate()
         return settings
@@ -88,6 +90,15 @@ def _coerce(value: Any, type_name: str, name: str) -> Any:
         raise ValueError(f"--{name.replace('_', '-')} {value!r} is not a number") from None
 
 
+def check_no_key_option(environment: Environment) -> None:
+    """At start-up: ``--api-key`` is for the web form only, never from the command line or a config file."""
+    if getattr(environment.parsed_options, "api_key", None):
+        raise ValueError(
+            "--api-key is only for the web UI's form: Locust shows every option given on the command line or "
+            "in a config file to each browser. Set OPENAI_API_KEY in the environment or .env instead"
+        )
+
+
 def load_dotenv_file() -> None:
     """Load ``.env`` from the working directory; variables already set in the environment win."""
     load_dotenv(find_dotenv(usecwd=True), override=False)
@@ -107,13 +118,21 @@ def add_arguments(parser: LocustArgumentParser) -> None:
     env_temperature = os.environ.get("TEMPERATURE")
     env_max_tokens = os.environ.get("MAX_TOKENS")
 
-    def add(*args: Any, **kwargs: Any) -> None:
+    def add(*args: Any, is_secret: bool = False, **kwargs: Any) -> None:
         # Argument groups use argparse's add_argument; Locust reads the web-UI flags off the action.
         action = group.add_argument(*args, **kwargs)
         action.include_in_web_ui = True
-        action.is_secret = False
+        action.is_secret = is_secret
         action.is_required = False
         action.is_multiple = False
+
+    add(
+        "--api-key",
+        default=None,
+        is_secret=True,
+        help="Web UI form only (masked): the API key for this run. Elsewhere set OPENAI_API_KEY (environment "
+        "or .env); given here on the command line it would be shown to every browser.",
+    )
 
     add(
         "--conversations-dir",

@@ -23,7 +23,7 @@ from .drain import FinalReports
 from .embedded import EmbeddedSimulator
 from .endpoint import EndpointError, check_endpoint
 from .metrics import LLMMetrics
-from .options import Settings, add_arguments, load_dotenv_file
+from .options import Settings, add_arguments, check_no_key_option, load_dotenv_file
 from .report import HistoryRecorder, format_summary, format_table, summary, write_csv, write_json
 from .scenario import Scenario
 from .selfcheck import LoadGeneratorMonitor
@@ -88,6 +88,7 @@ class BagstressPlugin:
     def _check_options(self, environment: Environment) -> None:
         """Fail fast, before any user starts, with every problem listed."""
         try:
+            check_no_key_option(environment)
             Settings.from_environment(environment)
             load_conversations(_options(environment).conversations_dir)
         except (ConversationError, ValueError) as error:

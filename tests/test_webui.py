@@ -230,6 +230,51 @@ def test_llm_tab_shows_the_runs_figures_live(tmp_path: Path, start_simulator, st
         assert_charts_drawn(section.charts)
 
 
+def test_an_api_key_typed_in_the_form_is_used_and_never_shown(
+    tmp_path: Path, start_simulator, start_locust, browser
+) -> None:
+    simulator = start_simulator("--ttft", "0.02", "--itl", "0.002", "--output-tokens", "5", "--api-key", SECRET)
+    locust = start_locust(
+        "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "--think-time-scale", "0",
+        "--model", "sim-small",
+    )  # fmt: skip  # no OPENAI_API_KEY: the form is the only place the key comes from
+    page = browser.new_page()
+    bodies: list[bytes] = []
+
+    def record(route: Any) -> None:
+        response = route.fetch()
+        bodies.append(response.body())
+        route.fulfill(response=response)
+
+    page.route("**/*", record)
+    page.goto(locust.url + "/")
+    form = page.locator("form")
+    key_field = form.locator("input[name=apiKey]")
+    assert key_field.get_attribute("type") == "password" and key_field.input_value() == ""
+    form.get_by_text("Custom parameters").click()  # our options are folded away under this heading
+    key_field.fill(SECRET)
+    form.locator("input[name=userCount]").fill("2")
+    form.locator("input[name=spawnRate]").fill("2")
+    form.get_by_role("button", name="Start").click()
+    wait_until(lambda: simulator.stats()["completions_served"] >= 5, "messages sent with the typed key")
+    page.get_by_role("button", name="Stop").click()
+    wait_until(lambda: locust.get("/stats/requests")["state"] == "stopped", "the run to stop")
+    page.goto(locust.url + "/")  # the UI as the next person to open it sees it (the form's defaults too)
+    assert SECRET not in page.content() and SECRET not in page.evaluate("JSON.stringify(window.templateArgs)")
+    assert simulator.stats()["rejected"] == {}  # every request carried the key
+    assert all(SECRET.encode() not in body for body in bodies)
+    assert SECRET not in locust.output()
+
+
+def test_the_key_option_is_refused_on_the_command_line(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [*LOCUST, "--headless", "-t", "2s", "--api-key", SECRET, "--conversations-dir", str(CONVERSATIONS)],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "--api-key is only for the web UI's form" in completed.stderr + completed.stdout
+
+
 def test_master_ui_shows_the_workers_merged_figures(tmp_path: Path, start_simulator, start_locust) -> None:
     simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "10")
     master_port = str(free_port())
