@@ -113,7 +113,6 @@ class LLMMetrics:
     def __init__(self) -> None:
         self.by_model: dict[str, LLMStats] = {}
         self.by_worker: dict[str, LLMStats] = {}  # on the master: what each worker reported
-        self.total = LLMStats()
         self.conversations_succeeded = 0
         self.conversations_failed = 0
         self.cancelled_messages = 0  # in flight when the run stopped; neither success nor failure
@@ -162,13 +161,20 @@ class LLMMetrics:
         return (self.stopped_at or time.time()) - self.started_at
 
     @property
+    def total(self) -> LLMStats:
+        """All models together, merged when read (a few times a run) rather than recorded twice per message."""
+        total = LLMStats()
+        for stats in self.by_model.values():
+            total.merge(stats)
+        return total
+
+    @property
     def tokens_estimated(self) -> bool:
         return self.total.estimated_messages > 0
 
     def merge(self, other: LLMMetrics) -> None:
         for model, stats in other.by_model.items():
             self.by_model.setdefault(model, LLMStats()).merge(stats)
-        self.total.merge(other.total)
         self.conversations_succeeded += other.conversations_succeeded
         self.conversations_failed += other.conversations_failed
         self.cancelled_messages += other.cancelled_messages
@@ -191,7 +197,6 @@ class LLMMetrics:
         metrics = cls()
         for model, stats in data["by_model"].items():
             metrics.by_model[model] = LLMStats.from_dict(stats)
-            metrics.total.merge(metrics.by_model[model])
         metrics.conversations_succeeded, metrics.conversations_failed = data["conversations"]
         metrics.cancelled_messages = data["cancelled"]
         metrics.conversation_messages = data["conversation_messages"]
@@ -206,7 +211,6 @@ class LLMMetrics:
             result = (kwargs.get("context") or {}).get("llm")
             if not isinstance(result, MessageResult):
                 return
-            self.total.record(result)
             self.by_model.setdefault(result.model, LLMStats()).record(result)
             if result.error is not None:
                 self.errors[result.error] += 1
