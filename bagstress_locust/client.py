@@ -174,6 +174,10 @@ class _ReusingTransport(httpx2.BaseTransport):
         self._inner.close()
 
 
+_DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
+_DONE_TAIL_BYTES = 64  # the [DONE] line and the line ends after it, with room to spare
+
+
 class _DrainAfterDone(httpx2.SyncByteStream):
     def __init__(self, inner: Any, record: StreamRecord | None) -> None:
         self._inner = inner
@@ -181,9 +185,12 @@ class _DrainAfterDone(httpx2.SyncByteStream):
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
+        tail = b""
         for part in self._inner:
-            # Only the last event of a body can be [DONE]; SSE frames end with a blank line.
-            self._done = part.rstrip().endswith(b"data: [DONE]")
+            # The SDK stops at the blank line after [DONE], so the body read so far ends with it. Not the
+            # last part alone: a proxy may cut "data: [DONE]" or its line ends into separate reads.
+            tail = (tail + part[-_DONE_TAIL_BYTES:])[-_DONE_TAIL_BYTES:]
+            self._done = tail.rstrip().endswith(_DONE_EVENTS)
             yield part
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 Each engine sends a fixed sequence of messages through ``bench/engine_check.py`` (a subprocess, so
 gevent patches only that process), and a seeded simulator injects its faults into the same
 messages whichever engine sends them. For what a simulator cannot do (CRLF framing, an error
-event, a body delimited by closing the connection) a canned server on loopback answers.
+event, a body delimited by closing the connection, events torn across reads) a canned server on
+loopback answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,7 +169,12 @@ def sse(lines: list[str], newline: str = "\n") -> bytes:
     return "".join(line + newline for line in lines).encode()
 
 
-CANNED: dict[str, tuple[bytes, bool]] = {
+# How a canned body is sent: in one chunked write, or until the connection closes, or chunked in
+# pieces of a few bytes with pauses between them, so lines, CRLFs and events arrive torn across reads.
+CHUNKED, CLOSE_DELIMITED, DRIBBLED = "chunked", "close", "dribbled"
+_DRIBBLE_BYTES = 7
+
+CANNED: dict[str, tuple[bytes, str]] = {
     # CRLF line endings, "data:" without a space, comments and an id field, one event split over two data lines.
     "crlf": (
         sse(
@@ -188,7 +195,7 @@ CANNED: dict[str, tuple[bytes, bool]] = {
             ],
             "\r\n",
         ),
-        True,
+        CHUNKED,
     ),
     # An error event after the first content chunk, as OpenAI sends mid-stream.
     "error_event": (
@@ -202,12 +209,34 @@ CANNED: dict[str, tuple[bytes, bool]] = {
                 "",
             ]
         ),
-        True,
+        CHUNKED,
     ),
     # No length, not chunked: the body ends when the server closes the connection.
     "close_delimited": (
         sse(["data: " + CHUNK % (CONTENT % "Hi", ""), "", "data: " + CHUNK % (FINISH, USAGE), "", "data: [DONE]", ""]),
-        False,
+        CLOSE_DELIMITED,
+    ),
+    # Blank lines before and between events, comments, CRLF: sent a few bytes at a time.
+    "dribbled": (
+        sse(
+            [
+                "",
+                ": ping",
+                "",
+                "data: " + CHUNK % (CONTENT % "One", ""),
+                "",
+                "",
+                "data:" + CHUNK % (CONTENT % " two", ""),
+                ": ping",
+                "",
+                "data: " + CHUNK % (FINISH, USAGE),
+                "",
+                "data: [DONE]",
+                "",
+            ],
+            "\r\n",
+        ),
+        DRIBBLED,
     ),
 }
 
@@ -222,7 +251,7 @@ class _CannedServer(socketserver.ThreadingTCPServer):
         self.served = 0
         self.lock = threading.Lock()
 
-    def next_case(self) -> tuple[bytes, bool]:
+    def next_case(self) -> tuple[bytes, str]:
         with self.lock:
             case = list(CANNED.values())[self.served % len(CANNED)]
             self.served += 1
@@ -245,12 +274,18 @@ class _CannedHandler(socketserver.BaseRequestHandler):
             while len(buffer) < length:
                 buffer += self.request.recv(65536)
             buffer = buffer[length:]
-            body, chunked = self.server.next_case()
-            if chunked:
-                self.request.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-                )
+            body, framing = self.server.next_case()
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            if framing == CHUNKED:
+                self.request.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            elif framing == DRIBBLED:
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.request.sendall(head)
+                for start in range(0, len(body), _DRIBBLE_BYTES):
+                    piece = body[start : start + _DRIBBLE_BYTES]
+                    self.request.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    time.sleep(0.002)
+                self.request.sendall(b"0\r\n\r\n")
             else:
                 self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
                 self.request.sendall(body)
@@ -273,4 +308,5 @@ def test_unusual_streams_are_read_alike(canned: str) -> None:
         (None, 2),  # crlf: both content chunks, usage and [DONE] read
         ("APIError: The model is overloaded", 1),  # error_event: a reason outside failures, as the SDK words it
         (None, 1),  # close_delimited
+        (None, 2),  # dribbled
     ]
