@@ -257,35 +257,33 @@ def _read_stream(response: _EventStream, record: StreamRecord, exchange: _Exchan
 
     As in the openai SDK's decoder, an event is dispatched at the blank line that ends it, data lines
     of one event are joined with a newline, and comment lines (``: ping``) and other fields are ignored.
-    Every event of one ``recv`` gets that ``recv``'s time: they arrived together.
+    Every event of one ``recv`` gets that ``recv``'s time: they arrived together. What follows the
+    last blank line waits in ``body`` for the rest of its event.
     """
     body = response.body
     arrivals, pieces = record.arrivals, record.pieces
     perf_counter = time.perf_counter
-    data: list[bytes] = []
     arrived = exchange.last
     while True:
-        cut = body.rfind(b"\n") + 1
-        if cut:
-            batch = bytes(body[:cut])
-            del body[:cut]
-            if b"\r" in batch:
-                batch = batch.replace(b"\r\n", b"\n")
-            lines = batch.split(b"\n")
-            lines.pop()  # what follows the last newline: nothing
-            for line in lines:
-                if line.startswith(b"data:"):
-                    data.append(line[6:] if line[5:6] == b" " else line[5:])
-                    continue
-                if line or not data:
-                    continue  # a comment or another field, or a blank keep-alive line with no event before it
-                payload = data[0] if len(data) == 1 else b"\n".join(data)
-                data = []
+        if b"\r" in body:
+            body[:] = body.replace(b"\r\n", b"\n")  # CRLF line endings: one form for the searches below
+        end = body.rfind(b"\n\n")
+        if end >= 0:
+            events = bytes(body[:end]).split(b"\n\n")  # no blank line inside: each one event, or none
+            del body[: end + 2]
+            for event in events:
+                if event.startswith(b"data: ") and b"\n" not in event:
+                    payload = event[6:]  # the usual shape, one data line: no line splitting
+                else:
+                    data = _event_data(event)
+                    if data is None:
+                        continue
+                    payload = data
                 if payload.startswith(_DONE):
                     record.done_seen = True
                     return
-                event = _decode(payload)
-                choices = event.get("choices")
+                event_object = _decode(payload)
+                choices = event_object.get("choices")
                 if choices:
                     choice = choices[0]
                     delta = choice.get("delta")
@@ -297,16 +295,25 @@ def _read_stream(response: _EventStream, record: StreamRecord, exchange: _Exchan
                     finish_reason = choice.get("finish_reason")
                     if finish_reason:
                         record.finish_reason = finish_reason
-                usage = event.get("usage")
+                usage = event_object.get("usage")
                 if usage:
                     record.input_tokens = usage.get("prompt_tokens")
                     record.output_tokens = usage.get("completion_tokens")
-                if event.get("error"):
-                    raise _StreamError(_error_message(event["error"]))
+                if event_object.get("error"):
+                    raise _StreamError(_error_message(event_object["error"]))
         if response.message_complete:
             return  # the body ended without [DONE]: finish_message says so
         response.receive()
         arrived = exchange.last = perf_counter()
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The data of an event of any other shape (several data lines, ``data:`` without a space,
+    comments, other fields, blank lines around it), or None if it has none."""
+    data = [line[6:] if line[5:6] == b" " else line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not data:
+        return None
+    return data[0] if len(data) == 1 else b"\n".join(data)
 
 
 _raw_decode = json.JSONDecoder().raw_decode
