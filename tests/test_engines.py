@@ -216,7 +216,8 @@ CANNED: dict[str, tuple[bytes, str]] = {
         sse(["data: " + CHUNK % (CONTENT % "Hi", ""), "", "data: " + CHUNK % (FINISH, USAGE), "", "data: [DONE]", ""]),
         CLOSE_DELIMITED,
     ),
-    # Blank lines before and between events, comments, CRLF: sent a few bytes at a time.
+    # Blank lines before and between events, comments, CRLF: sent a few bytes at a time. And a NaN,
+    # which is not JSON but which the SDK's json.loads reads, so the fast engine must read it too.
     "dribbled": (
         sse(
             [
@@ -226,7 +227,7 @@ CANNED: dict[str, tuple[bytes, str]] = {
                 "data: " + CHUNK % (CONTENT % "One", ""),
                 "",
                 "",
-                "data:" + CHUNK % (CONTENT % " two", ""),
+                "data:" + CHUNK % (CONTENT % " two", ',"score":NaN'),
                 ": ping",
                 "",
                 "data: " + CHUNK % (FINISH, USAGE),
