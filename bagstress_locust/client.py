@@ -47,6 +47,8 @@ def describe_failure(error: BaseException, settings: Settings, content_chunks: i
             return failures.connection_error(str(cause))
         if isinstance(cause, (httpx2.RemoteProtocolError, httpx2.ReadError)):
             return failures.stream_reset(content_chunks)
+        if type(cause) is openai.APIError:  # raised for an error event inside a 200 stream; body = its "error"
+            return failures.stream_error(cause.body)
     if any(isinstance(cause, json.JSONDecodeError) for cause in chain):
         return failures.MALFORMED_CHUNK
     if content_chunks == 0 and isinstance(error, ValueError) and "No generation chunks" in str(error):

@@ -13,6 +13,7 @@ reason                                      cause
 ``read timeout after 60 s``                 no bytes for ``--read-timeout`` (a stalled stream)
 ``stream reset after 12 chunks``            the connection broke mid-reply, after N content chunks
 ``malformed chunk``                         an SSE event that is not valid JSON
+``stream error: The model is overloaded``   an error event (``{"error": {...}}``) instead of a chunk
 ``empty reply``                             HTTP 200 whose stream carried no content at all
 ``stream ended without [DONE]``             the body ended before ``data: [DONE]``
 ``stream ended without finish_reason``      ``[DONE]`` came but no choice said why it finished
@@ -21,6 +22,7 @@ reason                                      cause
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "connection_error",
     "http_status",
     "read_timeout",
+    "stream_error",
     "stream_reset",
 ]
 
@@ -69,3 +72,15 @@ def read_timeout(seconds: float) -> str:
 
 def stream_reset(content_chunks: int) -> str:
     return f"stream reset after {content_chunks} chunks"
+
+
+# OpenAI's error messages name the request ("... include the request ID req_123abc ..."): one group, not one each.
+_REQUEST_ID = re.compile(r"\breq_[0-9A-Za-z]+")
+
+
+def stream_error(error: object) -> str:
+    """An error event's ``error`` object, worded by its message as the openai SDK reads it."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = "An error occurred during streaming"  # the SDK's words for an error without a message
+    return f"stream error: {_REQUEST_ID.sub('req_…', message)}"

@@ -48,7 +48,7 @@ _DONE = b"[DONE]"
 
 
 class _StreamError(Exception):
-    """An SSE event that reports an error instead of a chunk (the SDK raises ``APIError`` for it)."""
+    """An SSE event that reports an error instead of a chunk; its text is the failure reason."""
 
 
 class FastChatClient:
@@ -167,7 +167,7 @@ class FastChatClient:
         except ValueError:  # json.JSONDecodeError, or an event that is not a JSON object
             record.error = failures.MALFORMED_CHUNK
         except _StreamError as error:
-            record.error = f"APIError: {error}"  # what the LangChain engine reports for the same event
+            record.error = str(error)
         finally:
             if response is not None:
                 # Back to the pool if the whole response was read on a keep-alive connection, else closed.
@@ -302,7 +302,7 @@ def _read_stream(response: _EventStream, record: StreamRecord, exchange: _Exchan
                     record.input_tokens = usage.get("prompt_tokens")
                     record.output_tokens = usage.get("completion_tokens")
                 if event_object.get("error"):
-                    raise _StreamError(_error_message(event_object["error"]))
+                    raise _StreamError(failures.stream_error(event_object["error"]))
         if response.message_complete:
             return  # the body ended without [DONE]: finish_message says so
         response.receive()
@@ -331,9 +331,3 @@ def _decode(payload: bytes) -> dict[str, Any]:
     if not isinstance(event, dict):
         raise ValueError("an SSE event that is not a JSON object")
     return event
-
-
-def _error_message(error: Any) -> str:
-    """The text the openai SDK puts in its ``APIError`` for an error event."""
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) and message else "An error occurred during streaming"

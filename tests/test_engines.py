@@ -203,7 +203,7 @@ CANNED: dict[str, tuple[bytes, str]] = {
             [
                 "data: " + CHUNK % (CONTENT % "Hi", ""),
                 "",
-                'data: {"error": {"message": "The model is overloaded"}}',
+                'data: {"error": {"message": "The model is overloaded req_8Xk2Qz", "type": "server_error"}}',
                 "",
                 "data: [DONE]",
                 "",
@@ -307,7 +307,7 @@ def test_unusual_streams_are_read_alike(canned: str) -> None:
     assert per_message(runs["fast"]) == per_message(runs["langchain"])
     assert [(row["error"], row["chunks"]) for row in runs["fast"]["results"]] == [
         (None, 2),  # crlf: both content chunks, usage and [DONE] read
-        ("APIError: The model is overloaded", 1),  # error_event: a reason outside failures, as the SDK words it
+        ("stream error: The model is overloaded req_…", 1),  # error_event: its message, request id masked
         (None, 1),  # close_delimited
         (None, 2),  # dribbled
     ]
