@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfile.py"
 CONVERSATIONS = ROOT / "conversations"
+SUMMARY_JSON = "summary.json"
+LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 
 class Simulator:
@@ -72,6 +74,9 @@ class LocustRun:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    def summary(self) -> dict[str, Any]:
+        return summary_of(self.workdir)
+
     def csv_rows(self, prefix: str = "run") -> list[dict[str, str]]:
         import csv
 
@@ -90,8 +95,45 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run_locust(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> LocustRun:
     """Run `locust -f locustfile.py` headless in ``workdir`` (where .env would be read) and wait for it."""
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--loglevel", "INFO", *args]
+    command = [*LOCUST, "--headless", "--loglevel", "INFO", *args]
     completed = subprocess.run(
         command, cwd=workdir, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
     )
     return LocustRun(completed.returncode, completed.stdout, completed.stderr, workdir)
+
+
+def replay_args(
+    host: str | None,
+    users: int,
+    seconds: int,
+    conversations: Path = CONVERSATIONS,
+    stop_timeout: float = 10,
+    think_time_scale: float = 0,
+) -> list[str]:
+    """The usual test run: all users at once, replaying without typing pauses, and a --summary-json report.
+
+    ``host`` None is the embedded simulator. Replies in flight at the end finish within ``stop_timeout``.
+    """
+    return [
+        *(["--host", host] if host else []), "--conversations-dir", str(conversations),
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", f"{stop_timeout:g}",
+        "--think-time-scale", f"{think_time_scale:g}", "--summary-json", SUMMARY_JSON,
+    ]  # fmt: skip
+
+
+def replay(
+    workdir: Path,
+    host: str | None,
+    *extra: str,
+    users: int = 2,
+    seconds: int = 3,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> LocustRun:
+    """``run_locust`` with ``replay_args`` (``options`` are theirs) and then ``extra``, which may override them."""
+    return run_locust(workdir, *replay_args(host, users, seconds, **options), *extra, env=env)
+
+
+def summary_of(workdir: Path) -> dict[str, Any]:
+    """The --summary-json report that ``replay_args`` asks for."""
+    return json.loads((workdir / SUMMARY_JSON).read_text())

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +17,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import CONVERSATIONS, LOCUSTFILE, clean_env, run_locust
+from .conftest import CONVERSATIONS, LOCUST, clean_env, replay
 from .test_compose import compose_command
-
-LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 
 def free_port() -> str:
@@ -142,29 +139,21 @@ def test_a_killed_worker_loses_nothing_of_the_survivor(start_simulator, start_cl
 
 def test_processes_gives_the_same_exactness(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "10")
-    run = run_locust(
-        tmp_path, "--processes", "2", "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS),
-        "-u", "6", "-r", "6", "-t", "5s", "--stop-timeout", "10", "--think-time-scale", "0",
-        "--summary-json", "summary.json",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--processes", "2", users=6, seconds=5)
     assert run.returncode == 0, run.output
     truth = simulator.stats()
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
     assert_totals_equal_served(report, truth)
     assert len(truth["served_by_client"]) == 2
     assert {w: f["messages"] for w, f in report["workers"].items()} == truth["served_by_client"]
 
 
 def test_processes_start_one_embedded_simulator(tmp_path: Path) -> None:
-    run = run_locust(
-        tmp_path, "--processes", "2", "--conversations-dir", str(CONVERSATIONS), "-u", "4", "-r", "4", "-t", "3s",
-        "--stop-timeout", "10", "--think-time-scale", "0", "--sim-ttft", "0.02", "--sim-itl", "0.002",
-        "--summary-json", "summary.json",
-    )  # fmt: skip
+    run = replay(tmp_path, None, "--processes", "2", "--sim-ttft", "0.02", "--sim-itl", "0.002", users=4)
     assert run.returncode == 0, run.output
     assert run.output.count("No endpoint configured") == 1
     assert "(started by master)" in run.output
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
     assert report["messages"]["total"] > 0 and len(report["workers"]) == 2
 
 

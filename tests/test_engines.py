@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CONVERSATIONS, ROOT, clean_env, run_locust
+from .conftest import ROOT, clean_env, replay
 
 ENGINES = ("langchain", "fast")
 PER_MESSAGE = ("error", "input_tokens", "output_tokens", "estimated", "finish_reason", "chunks")
@@ -137,14 +137,10 @@ def test_few_users_reuse_their_connections(start_simulator, engine: str) -> None
 
 def test_fast_engine_in_a_real_run_matches_the_truth(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.2", "--itl", "0.02", "--output-tokens", "20")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "4", "-r", "4",
-        "-t", "5s", "--stop-timeout", "10", "--think-time-scale", "0", "--client-engine", "fast",
-        "--summary-json", "summary.json",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--client-engine", "fast", users=4, seconds=5)
     assert run.returncode == 0, run.output
     truth = simulator.stats()
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
     assert report["messages"]["total"] == truth["completions_served"] > 20
     assert report["tokens"]["input"] == truth["prompt_tokens_served"]
     assert report["tokens"]["output"] == truth["completion_tokens_served"]

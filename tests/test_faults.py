@@ -10,7 +10,6 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,22 +20,14 @@ import pytest
 from bagstress_locust.conversations import fingerprint, load_conversations
 from bagstress_locust.tokens import estimate_tokens
 
-from .conftest import CONVERSATIONS, LOCUSTFILE, clean_env, run_locust
+from .conftest import CONVERSATIONS, LOCUST, clean_env, replay, replay_args, run_locust, summary_of
 
 FAST_REPLY = ("--ttft", "0.01", "--itl", "0.002", "--output-tokens", "8")
 FIRST_THREE_TOKENS = "lorem ipsum dolor "  # what a stream broken after 3 chunks had delivered
 
 
-def summary_of(tmp_path: Path) -> dict[str, Any]:
-    return json.loads((tmp_path / "summary.json").read_text())
-
-
 def faulty_run(tmp_path: Path, simulator, *extra: str, seconds: int = 3):
-    return run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "4", "-r", "4",
-        "-t", f"{seconds}s", "--stop-timeout", "10", "--think-time-scale", "0", "--read-timeout", "1",
-        "--summary-json", "summary.json", "--csv", "run", *extra,
-    )  # fmt: skip
+    return replay(tmp_path, simulator.base_url, "--read-timeout", "1", "--csv", "run", *extra, users=4, seconds=seconds)
 
 
 def assert_successes_exact(report: dict[str, Any], truth: dict[str, Any]) -> None:
@@ -143,13 +134,10 @@ def test_a_filter_that_leaves_no_model_stops_the_run(tmp_path: Path, start_simul
 def test_stopping_cancels_in_flight_messages_without_blaming_the_server(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "5", "--itl", "0.01", "--output-tokens", "3")
     started = time.monotonic()
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "3", "-r", "3",
-        "-t", "2s", "--think-time-scale", "0", "--summary-json", "summary.json", "--csv", "run",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--csv", "run", users=3, seconds=2, stop_timeout=0)
     assert time.monotonic() - started < 15  # in-flight streams end at once, not after their 5 s
     assert run.returncode == 0, run.output
-    report = summary_of(tmp_path)
+    report = run.summary()
     assert report["messages"]["cancelled"] == 3
     assert report["messages"]["total"] == report["messages"]["failed"] == 0
     assert (tmp_path / "run_llm_stats.csv").exists()
@@ -159,11 +147,9 @@ def test_stopping_cancels_in_flight_messages_without_blaming_the_server(tmp_path
 def test_the_api_key_appears_in_no_output(tmp_path: Path, start_simulator) -> None:
     secret = "sk-bagstress-SECRET-4242"
     simulator = start_simulator(*FAST_REPLY, "--api-key", secret, "--fault-500", "0.2", "--fault-reset", "0.2")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "3", "-r", "3",
-        "-t", "3s", "--stop-timeout", "5", "--think-time-scale", "0", "--loglevel", "DEBUG",
-        "--summary-json", "summary.json", "--csv", "run", "--csv-full-history", "--html", "report.html",
-        env=clean_env(OPENAI_API_KEY=secret),
+    run = replay(
+        tmp_path, simulator.base_url, "--loglevel", "DEBUG", "--csv", "run", "--csv-full-history", "--html",
+        "report.html", users=3, stop_timeout=5, env=clean_env(OPENAI_API_KEY=secret),
     )  # fmt: skip
     assert simulator.stats()["completions_served"] > 0  # the key was used, and accepted
     assert secret not in run.output
@@ -186,9 +172,8 @@ def test_soak_with_mixed_faults_keeps_memory_bounded_and_totals_exact(tmp_path: 
               "--fault-stall", "0.01", "--seed", "11"]  # fmt: skip
     simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "20", *faults)
     process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", simulator.base_url,
-         "--conversations-dir", str(CONVERSATIONS), "-u", "150", "-r", "50", "-t", "45s", "--stop-timeout", "10",
-         "--think-time-scale", "0.05", "--read-timeout", "2", "--summary-json", "summary.json", "--only-summary"],
+        [*LOCUST, "--headless", *replay_args(simulator.base_url, 150, 45, think_time_scale=0.05), "-r", "50",
+         "--read-timeout", "2", "--only-summary"],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     peak_rss, samples = 0, []
@@ -225,13 +210,9 @@ def test_big_and_odd_conversations_work(tmp_path: Path, start_simulator) -> None
     (folder / "big.json").write_text(json.dumps(big, ensure_ascii=False), encoding="utf-8")
     assert (folder / "big.json").stat().st_size > 10 * 2**20
     simulator = start_simulator(*FAST_REPLY, "--record-requests")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(folder), "-u", "2", "-r", "2",
-        "-t", "4s", "--stop-timeout", "10", "--think-time-scale", "0", "--cut-probability", "0",
-        "--summary-json", "summary.json",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--cut-probability", "0", seconds=4, conversations=folder)
     assert run.returncode == 0, run.output
-    truth, report = simulator.stats(), summary_of(tmp_path)
+    truth, report = simulator.stats(), run.summary()
     assert report["messages"]["failed"] == 0
     assert_successes_exact(report, truth)
     second_turns = [r for r in simulator.requests() if len(r["messages"]) == 3]
@@ -251,9 +232,7 @@ def test_thousands_of_files_load(tmp_path: Path) -> None:
 def test_ctrl_c_cancels_in_flight_messages_and_still_writes_every_report(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "5", "--itl", "0.01", "--output-tokens", "3")
     process = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", simulator.base_url,
-         "--conversations-dir", str(CONVERSATIONS), "-u", "2", "-r", "2", "-t", "60s", "--think-time-scale", "0",
-         "--summary-json", "summary.json", "--csv", "run"],
+        [*LOCUST, "--headless", *replay_args(simulator.base_url, 2, 60, stop_timeout=0), "--csv", "run"],
         cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30

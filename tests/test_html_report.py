@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CONVERSATIONS, run_locust
+from .conftest import replay
 
 # Report columns (their titles) and the --summary-json figure each one must show.
 TIMINGS = {
@@ -121,13 +121,9 @@ def assert_charts_drawn(charts: dict[str, list[str]]) -> None:
 
 def test_headless_html_report_has_the_llm_table_and_charts(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "10")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "4", "-r", "4",
-        "-t", "5s", "--stop-timeout", "10", "--think-time-scale", "0", "--summary-json", "summary.json",
-        "--html", "reports/run-{u}u.html",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--html", "reports/run-{u}u.html", users=4, seconds=5)
     assert run.returncode == 0, run.output
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
     page = (tmp_path / "reports" / "run-4u.html").read_text(encoding="utf-8")
     section = llm_section(page)
     assert_rows_match_summary(section.rows, report)

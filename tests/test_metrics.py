@@ -1,7 +1,6 @@
 """LLM figures against the simulator's ground truth, from real `locust` processes on loopback."""
 
 import csv
-import json
 import re
 from pathlib import Path
 
@@ -9,17 +8,14 @@ import pytest
 
 from bagstress_locust.tokens import estimate_prompt_tokens, estimate_tokens
 
-from .conftest import CONVERSATIONS, run_locust
+from .conftest import replay
 
 TTFT_MS, ITL_MS, TOKENS = 200.0, 20.0, 20
 E2E_MS = TTFT_MS + (TOKENS - 1) * ITL_MS
 
 
 def light_load(tmp_path: Path, simulator, *extra: str):
-    return run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "2", "-r", "2",
-        "-t", "6s", "--stop-timeout", "10", "--think-time-scale", "0", "--summary-json", "summary.json", *extra,
-    )  # fmt: skip
+    return replay(tmp_path, simulator.base_url, *extra, users=2, seconds=6)
 
 
 def console_number(output: str, pattern: str) -> float:
@@ -33,7 +29,7 @@ def test_figures_match_the_simulator_truth(tmp_path: Path, start_simulator) -> N
     run = light_load(tmp_path, simulator, "--csv", "run")
     assert run.returncode == 0, run.output
     truth = simulator.stats()
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
 
     # Counts and token totals are exact.
     assert report["messages"]["total"] == truth["completions_served"] > 10
@@ -82,7 +78,7 @@ def test_server_without_usage_gives_estimated_tokens(tmp_path: Path, start_simul
                                 "--record-requests")  # fmt: skip
     run = light_load(tmp_path, simulator)
     assert run.returncode == 0, run.output
-    report = json.loads((tmp_path / "summary.json").read_text())
+    report = run.summary()
     requests = simulator.requests()
     assert report["messages"]["total"] == len(requests) == simulator.stats()["completions_served"]
     assert report["tokens"]["estimated"] is True

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from .conftest import CONVERSATIONS, clean_env, run_locust
+from .conftest import CONVERSATIONS, clean_env, replay, run_locust
 
 SCRIPT = {
     "conversation_id": "script",
@@ -28,10 +28,9 @@ def test_replay_sends_exactly_the_scripted_history(tmp_path: Path, start_simulat
     conversations = tmp_path / "conversations"
     conversations.mkdir()
     (conversations / "script.json").write_text(json.dumps(SCRIPT))
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(conversations), "-u", "2", "-r", "2",
-        "-t", "3s", "--stop-timeout", "5", "--think-time-scale", "0", "--cut-probability", "0", "--model", "sim-small",
-        "--temp-min", "0.3", "--temp-max", "0.6", "--summary-json", "summary.json",
+    run = replay(
+        tmp_path, simulator.base_url, "--cut-probability", "0", "--model", "sim-small", "--temp-min", "0.3",
+        "--temp-max", "0.6", conversations=conversations, stop_timeout=5,
     )  # fmt: skip
     assert run.returncode == 0, run.output
     requests = simulator.requests()
@@ -48,16 +47,13 @@ def test_replay_sends_exactly_the_scripted_history(tmp_path: Path, start_simulat
     # Each user replays whole conversations, in order: turn 1, 2, 3, 1, 2, 3, ...
     turns = [len(r["messages"]) for r in requests]
     assert turns.count(2) >= turns.count(4) >= turns.count(6) >= turns.count(2) - 2
-    conversations = json.loads((tmp_path / "summary.json").read_text())["conversations"]
+    conversations = run.summary()["conversations"]
     assert conversations["total"] == turns.count(6) and conversations["messages_avg"] == 3
 
 
 def test_headless_run_counts_every_served_message(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.05", "--itl", "0.005", "--output-tokens", "8")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "10", "-r", "10",
-        "-t", "4s", "--stop-timeout", "10", "--think-time-scale", "0.05", "--csv", "run",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, "--csv", "run", users=10, seconds=4, think_time_scale=0.05)
     assert run.returncode == 0, run.output
     stats = simulator.stats()
     rows = run.csv_rows()
@@ -78,10 +74,7 @@ def test_headless_run_counts_every_served_message(tmp_path: Path, start_simulato
 def test_model_filter_file_removes_models(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.01", "--itl", "0.001", "--output-tokens", "3")
     (tmp_path / "model_filter.txt").write_text("# too big\nsim-large\nsim-medium\n")
-    run = run_locust(
-        tmp_path, "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS), "-u", "3", "-r", "3",
-        "-t", "3s", "--stop-timeout", "5", "--think-time-scale", "0",
-    )  # fmt: skip
+    run = replay(tmp_path, simulator.base_url, users=3, stop_timeout=5)
     assert run.returncode == 0, run.output
     assert simulator.stats()["served_by_model"].keys() == {"sim-small"}
 
@@ -103,10 +96,7 @@ def test_unreachable_endpoint_fails_clearly_and_exits_non_zero(tmp_path: Path) -
 
 
 def test_embedded_simulator_is_the_default(tmp_path: Path) -> None:
-    run = run_locust(
-        tmp_path, "--conversations-dir", str(CONVERSATIONS), "-u", "3", "-r", "3", "-t", "3s", "--stop-timeout", "5",
-        "--think-time-scale", "0", "--sim-ttft", "0.05", "--sim-itl", "0.005", "--csv", "run",
-    )  # fmt: skip
+    run = replay(tmp_path, None, "--sim-ttft", "0.05", "--sim-itl", "0.005", "--csv", "run", users=3, stop_timeout=5)
     assert run.returncode == 0, run.output
     line = re.search(
         r"No endpoint configured: load testing the built-in simulated server at (http://127\.0\.0\.1:\d+/v1)",
@@ -124,10 +114,7 @@ def test_openai_api_base_from_dotenv_is_used(tmp_path: Path, start_simulator) ->
     (tmp_path / ".env").write_text(
         f"OPENAI_API_BASE={simulator.base_url}\nOPENAI_API_KEY=sk-test-dotenv\nMODEL_NAME=sim-large\n"
     )
-    run = run_locust(
-        tmp_path, "--conversations-dir", str(CONVERSATIONS), "-u", "2", "-r", "2", "-t", "2s", "--stop-timeout", "5",
-        "--think-time-scale", "0",
-    )  # fmt: skip
+    run = replay(tmp_path, None, seconds=2, stop_timeout=5)  # the host comes from .env
     assert run.returncode == 0, run.output
     stats = simulator.stats()
     assert stats["completions_served"] > 0 and stats["rejected"] == {}

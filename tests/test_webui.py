@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import CONVERSATIONS, LOCUSTFILE, clean_env
+from .conftest import CONVERSATIONS, LOCUST, clean_env
 from .test_html_report import assert_charts_drawn, assert_rows_match_summary, llm_section
 
 SECRET = "sk-test-SECRET-123"
@@ -30,7 +29,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 # The LLM tab's table as the page shows it: {row name: {column title: cell text}}.
 READ_LLM_TABLE = """() => {
