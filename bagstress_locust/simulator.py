@@ -43,6 +43,8 @@ The three HTTP errors and ``slow_first_byte`` hit streamed and non-streamed requ
 streamed ones. ``--api-key`` adds one more: a request without that bearer token gets ``401``
 (``invalid_api_key``, on every ``/v1`` route). ``--sse-ping`` is no fault: it puts an SSE comment
 ``: ping`` before every content chunk, as servers send keep-alives, and the stream counts as served.
+``--keep-alive-timeout S`` closes a connection that has been idle for ``S`` seconds between
+requests, as uvicorn (vLLM, 5 s by default) and llama.cpp's server do; by default it stays open.
 ``POST /sim/config`` with a JSON object of ``SimulatorConfig`` fault fields (``fault_*``,
 ``fault_after_chunks``, ``slow_first_byte_delay``, ``sse_ping``, ``seed``) changes them at runtime;
 sending ``seed`` restarts the draws.
@@ -179,6 +181,7 @@ class SimulatorConfig:
     fault_after_chunks: int = 3
     slow_first_byte_delay: float = 5.0
     sse_ping: bool = False
+    keep_alive_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for config_field, _ in _FAULTS.values():
@@ -243,14 +246,28 @@ class _HttpConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._busy = False
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._server.stats.connections_opened += 1
+        self._wait_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._stop_waiting_idle()
+
+    def _wait_idle(self) -> None:
+        """With --keep-alive-timeout, close the connection if no request starts in time."""
+        timeout = self._server.config.keep_alive_timeout
+        if timeout is not None and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._close)
+
+    def _stop_waiting_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -276,6 +293,8 @@ class _HttpConnection(asyncio.Protocol):
         """The current response is complete; serve the next pipelined request, if any."""
         self._busy = False
         self._next_request()
+        if not self._busy:
+            self._wait_idle()
 
     def _next_request(self) -> None:
         if self._busy or not self.open:
@@ -301,6 +320,7 @@ class _HttpConnection(asyncio.Protocol):
             self._close()
             return
         self._busy = True
+        self._stop_waiting_idle()
         self._server.handle(self, parts[0], parts[1].split("?", 1)[0], headers, body)
 
     def _close(self) -> None:
@@ -668,6 +688,10 @@ def _parser() -> argparse.ArgumentParser:
     faults.add_argument("--seed", type=int, default=None, help="seed the fault draws (default: unseeded)")
     parser.add_argument("--sse-ping", action="store_true", help="send an SSE ': ping' comment before every token")
     parser.add_argument(
+        "--keep-alive-timeout", type=float, default=None, metavar="S",
+        help="close connections idle for S seconds between requests, as uvicorn does (default: never)",
+    )  # fmt: skip
+    parser.add_argument(
         "--exit-on-stdin-eof", action="store_true", help="exit when stdin closes (used when a parent process owns us)"
     )
     return parser
@@ -694,6 +718,7 @@ def main(argv: list[str] | None = None) -> None:
             fault_after_chunks=args.fault_after_chunks,
             slow_first_byte_delay=args.slow_first_byte_delay,
             sse_ping=args.sse_ping,
+            keep_alive_timeout=args.keep_alive_timeout,
             **{config_field: getattr(args, config_field) for config_field, _ in _FAULTS.values()},
         )
     except ValueError as error:

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def user(first: int) -> None:
         for index in range(first, len(requests), args.users):
+            if index >= args.users:
+                gevent.sleep(args.pause)  # as a person types the next message
             results[index] = client.send(requests[index], "sim-small", 0.7)
 
     gevent.joinall([gevent.spawn(user, first) for first in range(args.users)], raise_error=True)
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=["langchain", "fast"], default="langchain")
     parser.add_argument("--messages", type=int, default=20, help="messages to send (default: %(default)s)")
     parser.add_argument("--users", type=int, default=1, help="concurrent senders (default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between a sender's messages")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     parser.add_argument("--read-timeout", type=float, default=60.0)

@@ -135,6 +135,17 @@ def test_few_users_reuse_their_connections(start_simulator, engine: str) -> None
     assert stats["connections_opened"] - 2 <= 3
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_connection_the_server_closed_is_not_reused(start_simulator, engine: str) -> None:
+    """Like uvicorn, the server closes idle connections after 1 s: a new one, and no failure, after a pause."""
+    simulator = start_simulator("--ttft", "0.005", "--itl", "0.001", "--output-tokens", "5",
+                                "--keep-alive-timeout", "1")  # fmt: skip
+    reset(simulator)
+    run = engine_check(engine, simulator.base_url, "--messages", "4", "--users", "2", "--pause", "2")
+    assert run["summary"]["messages"]["succeeded"] == 4, run["summary"]["errors"]
+    assert simulator.stats()["connections_opened"] - 2 == 4
+
+
 def test_fast_engine_in_a_real_run_matches_the_truth(tmp_path: Path, start_simulator) -> None:
     simulator = start_simulator("--ttft", "0.2", "--itl", "0.02", "--output-tokens", "20")
     run = replay(tmp_path, simulator.base_url, "--client-engine", "fast", users=4, seconds=5)
