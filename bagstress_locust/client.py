@@ -81,8 +81,10 @@ class ChatClient:
             pool=settings.connect_timeout,
         )
         # Unbounded pool: each user has at most one request in flight, so waiting for a pool slot
-        # could only add our own queueing to the server's latency. Keep one idle connection per user.
-        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=pool_size)
+        # could only add our own queueing to the server's latency. Keep one idle connection per user,
+        # for as long as the server keeps it open (httpcore2 drops one that the server closed): the
+        # 5 s default expiry reconnected after every typing pause over 5 s, a TLS handshake per message.
+        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=None)
         # The message each greenlet (user) is streaming: times start when the request's last byte is
         # written, not when LangChain starts building it (TTFT is "request sent -> first token"; with
         # retries enabled each attempt is timed on its own), and the transport notes data: [DONE].

@@ -136,6 +136,16 @@ def test_few_users_reuse_their_connections(start_simulator, engine: str) -> None
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_connections_outlive_typing_pauses(start_simulator, engine: str) -> None:
+    """A user who types for 6 s between messages keeps its connection while the server keeps it open."""
+    simulator = start_simulator("--ttft", "0.005", "--itl", "0.001", "--output-tokens", "5")
+    reset(simulator)
+    run = engine_check(engine, simulator.base_url, "--messages", "4", "--users", "2", "--pause", "6")
+    assert run["summary"]["messages"]["succeeded"] == 4
+    assert simulator.stats()["connections_opened"] - 2 <= 2  # as above: the reset and this GET open their own
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_connection_the_server_closed_is_not_reused(start_simulator, engine: str) -> None:
     """Like uvicorn, the server closes idle connections after 1 s: a new one, and no failure, after a pause."""
     simulator = start_simulator("--ttft", "0.005", "--itl", "0.001", "--output-tokens", "5",
