@@ -1,7 +1,7 @@
 """The default engine: streamed chat messages through LangChain's ``ChatOpenAI``, under gevent.
 
-One ``ChatClient`` serves every user of a process. It keeps one HTTP connection pool (sized to
-the number of users, so connections are reused rather than churned) and one ``ChatOpenAI`` per
+One ``ChatClient`` serves every user of a process. It keeps one HTTP client, in which each user
+has a connection of its own, reused from message to message, and one ``ChatOpenAI`` per
 (model, temperature, max_tokens), built once and never per message. The SDK's own retries are off
 by default: a hidden retry would report the sum of two attempts as one latency. What a message
 becomes in Locust is decided in ``message.py``, the same for every engine.
@@ -68,9 +68,7 @@ def _cause_chain(error: BaseException) -> list[BaseException]:
 class ChatClient:
     """Sends chat messages to one endpoint for every user of a process."""
 
-    def __init__(
-        self, base_url: str, settings: Settings, request_event: EventHook, pool_size: int, client_id: str = "local"
-    ) -> None:
+    def __init__(self, base_url: str, settings: Settings, request_event: EventHook, client_id: str = "local") -> None:
         self.base_url = base_url.rstrip("/")
         self._settings = settings
         self._request_event = request_event
@@ -80,18 +78,14 @@ class ChatClient:
             write=settings.read_timeout,
             pool=settings.connect_timeout,
         )
-        # Unbounded pool: each user has at most one request in flight, so waiting for a pool slot
-        # could only add our own queueing to the server's latency. Keep one idle connection per user,
-        # for as long as the server keeps it open (httpcore2 drops one that the server closed): the
-        # 5 s default expiry reconnected after every typing pause over 5 s, a TLS handshake per message.
-        limits = httpx2.Limits(max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=None)
-        # The message each greenlet (user) is streaming: times start when the request's last byte is
-        # written, not when LangChain starts building it (TTFT is "request sent -> first token"; with
-        # retries enabled each attempt is timed on its own), and the transport notes data: [DONE].
+        # Per greenlet (user): the message it is streaming, and its own connection pool. Times start
+        # when the request's last byte is written, not when LangChain starts building it (TTFT is
+        # "request sent -> first token"; with retries enabled each attempt is timed on its own), and
+        # the transport notes data: [DONE].
         self._exchange = local()
         self._http = httpx2.Client(
             timeout=timeout,
-            transport=_ReusingTransport(httpx2.HTTPTransport(limits=limits), self._exchange),
+            transport=_ReusingTransport(self._exchange),
             event_hooks={"request": [self._mark_sent]},
             headers={CLIENT_HEADER: client_id},
         )
@@ -155,7 +149,13 @@ class ChatClient:
 
 
 class _ReusingTransport(httpx2.BaseTransport):
-    """Returns streamed connections to the pool.
+    """Gives each user a connection of its own, and returns streamed connections to it.
+
+    One pool per user (greenlet), keeping its one connection for as long as the server does
+    (httpcore2 drops a connection that the server closed before reusing it). One pool for all
+    users would do the same, slower: httpcore2 probes every idle connection of a pool for every
+    request, and with typing pauses most of them are idle (at 500 users, more than the message
+    itself costs). Its default 5 s keep-alive expiry also reconnected after every pause over 5 s.
 
     The openai SDK closes a stream as soon as it reads ``data: [DONE]``, before the chunked body's
     terminator is read, so the connection cannot be reused and every message opened a new one.
@@ -163,19 +163,27 @@ class _ReusingTransport(httpx2.BaseTransport):
     also ends quietly when a body ends *without* ``[DONE]``; noting it here lets that be a failure.
     """
 
-    def __init__(self, inner: httpx2.HTTPTransport, exchange: Any) -> None:
-        self._inner = inner
+    def __init__(self, exchange: Any) -> None:
         self._exchange = exchange
+        self._pools: list[httpx2.HTTPTransport] = []
+        # One for all pools: each would otherwise load the CA bundle itself (~20 ms, ~0.7 MB).
+        self._ssl_context = httpx2.create_ssl_context()
+        self._limits = httpx2.Limits(max_connections=None, max_keepalive_connections=1, keepalive_expiry=None)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = self._inner.handle_request(request)
+        pool = getattr(self._exchange, "pool", None)
+        if pool is None:
+            pool = self._exchange.pool = httpx2.HTTPTransport(verify=self._ssl_context, limits=self._limits)
+            self._pools.append(pool)
+        response = pool.handle_request(request)
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             record = getattr(self._exchange, "record", None)
             response.stream = _DrainAfterDone(response.stream, record)
         return response
 
     def close(self) -> None:
-        self._inner.close()
+        for pool in self._pools:
+            pool.close()
 
 
 _DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")

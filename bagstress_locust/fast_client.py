@@ -54,9 +54,7 @@ class _StreamError(Exception):
 class FastChatClient:
     """Sends chat messages to one endpoint for every user of a process, over one keep-alive pool."""
 
-    def __init__(
-        self, base_url: str, settings: Settings, request_event: EventHook, pool_size: int, client_id: str = "local"
-    ) -> None:
+    def __init__(self, base_url: str, settings: Settings, request_event: EventHook, client_id: str = "local") -> None:
         self.base_url = base_url.rstrip("/")
         self._settings = settings
         self._request_event = request_event
@@ -66,10 +64,10 @@ class FastChatClient:
             raise ValueError(f"--host {base_url!r} is not an http(s) URL such as http://localhost:8000/v1")
         secure = url.scheme == "https"
         port = url.port or (443 if secure else 80)
-        # pool_size is how many users this process starts with; idle connections are kept for each of them.
-        self.pool_size = pool_size
+        # Every socket a user returns is kept (until the server closes it: checked before reuse), so
+        # each user finds a connection of its own however long it paused.
         pool_options: dict[str, Any] = {
-            "size": max(pool_size, _NO_CONNECTION_LIMIT),
+            "size": _NO_CONNECTION_LIMIT,
             "connection_timeout": settings.connect_timeout,
             "network_timeout": None,  # the read timeout is the watchdog's (see _Watchdog)
         }

@@ -59,9 +59,7 @@ class ChatEngine(Protocol):
 
     base_url: str
 
-    def __init__(
-        self, base_url: str, settings: Any, request_event: EventHook, pool_size: int, client_id: str = "local"
-    ) -> None: ...
+    def __init__(self, base_url: str, settings: Any, request_event: EventHook, client_id: str = "local") -> None: ...
 
     def send(self, messages: list[dict[str, str]], model: str, temperature: float) -> MessageResult:
         """Stream one reply, fire its Locust request event through ``finish_message``, return the result."""

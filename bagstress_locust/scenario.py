@@ -18,7 +18,6 @@ from .options import Settings
 
 __all__ = ["Scenario"]
 
-_DEFAULT_POOL_SIZE = 100
 _active: WeakKeyDictionary[Environment, Scenario] = WeakKeyDictionary()
 
 
@@ -51,13 +50,11 @@ class Scenario:
         conversations = load_conversations(settings.conversations_dir)
         if not environment.host:
             raise ValueError("no endpoint: set --host to the OpenAI base URL, /v1 included")
-        num_users = getattr(environment.parsed_options, "num_users", None)
         engine = _engine_class(settings.client_engine)
         client = engine(
             environment.host,
             settings,
             environment.events.request,
-            pool_size=max(num_users or 0, _DEFAULT_POOL_SIZE),
             client_id=getattr(environment.runner, "client_id", "local"),
         )
         scenario = cls(environment, settings, conversations, client, metrics)

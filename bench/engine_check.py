@@ -77,9 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     metrics = LLMMetrics()
     metrics.register(environment)
     environment.events.test_start.fire(environment=environment)
-    client = _engine_class(args.engine)(
-        args.host, settings, environment.events.request, pool_size=args.users, client_id=args.client_id
-    )
+    client = _engine_class(args.engine)(args.host, settings, environment.events.request, client_id=args.client_id)
     requests = requests_to_send(args.messages)
     results: list[MessageResult | None] = [None] * len(requests)
 
