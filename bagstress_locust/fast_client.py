@@ -239,6 +239,7 @@ class _EventStream(HTTPSocketPoolResponse):
     def __init__(self, sock: Any, pool: ConnectionPool) -> None:
         self.body = bytearray()  # before the parser starts: the first body bytes may come with the headers
         self._source = sock
+        self._more_pending = False
         super().__init__(sock, pool, block_size=_BLOCK_SIZE, method="POST")
 
     def _on_body(self, buf: bytearray) -> None:  # the parser's callback, body bytes without the chunk framing
@@ -246,7 +247,14 @@ class _EventStream(HTTPSocketPoolResponse):
 
     def receive(self) -> None:
         """Wait for the next bytes of the body and parse them; call only while not ``message_complete``."""
-        data = self._source.recv(_BLOCK_SIZE)
+        sock = self._source
+        if not self._more_pending and sock._read_event is not None:  # None: closed (by the watchdog)
+            # gevent's recv tries the syscall before it waits, and a stream's next chunk is rarely there
+            # yet: a failed recv and an exception per chunk, ~10% of this engine's CPU. Waiting first, on
+            # the socket's own watcher, keeps gevent's semantics: closing the socket still wakes us.
+            sock._wait(sock._read_event)
+        data = sock.recv(_BLOCK_SIZE)
+        self._more_pending = len(data) == _BLOCK_SIZE  # a full buffer: more may be waiting in the kernel
         self.feed(data)  # b"" tells the parser that the connection ended: an unfinished body raises
         if not data and not self.message_complete:
             raise HTTPConnectionClosed("connection closed before the end of the body")
