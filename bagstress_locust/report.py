@@ -16,7 +16,7 @@ README) are::
                                                                 "inflated", "more_processes", "saturated"}}}}
 
 ``load_generator`` is added by the plugin from ``selfcheck.LoadGeneratorMonitor.summary``: whether
-our own scheduling lag inflated the latency figures (lag p99 above 2% of TTFT p50), per process.
+our own scheduling lag inflated the latency figures (lag p99 above 3% of TTFT p50), per process.
 
 Times are in milliseconds, rounded to 0.01 ms; an empty distribution has ``null`` figures.
 """

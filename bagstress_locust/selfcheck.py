@@ -16,14 +16,13 @@ So each such process measures the wait itself:
   first clients block the process once, which says nothing of the load;
 * **CPU**: the process's CPU time over every ``CPU_INTERVAL_S`` (2 s), in % of one core.
 
-**The rule.** A process is *inflated* when its lag p99 is above ``INFLATION_SHARE`` (2%) of the
+**The rule.** A process is *inflated* when its lag p99 is above ``INFLATION_SHARE`` (3%) of the
 run's TTFT p50, and above ``LAG_FLOOR_MS`` (2 ms, the noise of an idle process on a busy machine).
-Why 2% for a 5% tolerance: chunks do not arrive at random moments but in bursts, when the process
-is busiest, so the TTFT p99 error is 1-3 times the lag p99 (measured in the bench; the ratio is
-~1 for the LangChain engine, 2-3 for the fast one). With this rule the warning appeared in the
-bench exactly where the TTFT p99 error passed ~5%. What the lag cannot see is work done inside a
-greenlet between the last chunk and the end of a message (LangChain's end-of-stream processing):
-it inflates E2E only, and only the bench shows it.
+Why 3% for a 5% tolerance: in the bench the TTFT p99 error was 0.6 to 1.1 times the lag p99, up to
+2-3 times in some runs of the fast engine (chunks arrive in bursts, when the process is busiest).
+At 2% the LangChain engine was flagged at a few users: it builds each request in one block of
+~3 ms (LangChain and the SDK), a lag p99 of ~4.5 ms that moves TTFT p99 by 2%. With 3% the warning
+appeared in the bench where the TTFT p99 error passed ~5% (``bench/README.md``).
 
 **How many more processes.** Spreading the same users over ``P`` processes divides each one's load
 (its CPU share ``ρ``) by ``P``. The lag grows with the queue of ready greenlets, roughly as
@@ -87,7 +86,7 @@ __all__ = [
 
 LAG_INTERVAL_S = 0.02
 CPU_INTERVAL_S = 2.0
-INFLATION_SHARE = 0.02
+INFLATION_SHARE = 0.03
 LAG_FLOOR_MS = 2.0
 CPU_TARGET_PERCENT = 50.0
 _REPORT_KEY = "bagstress_load_generator"

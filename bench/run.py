@@ -39,9 +39,10 @@ from typing import Any
 
 from _harness import ROOT, pinned, start_simulator
 
+from bagstress_locust.selfcheck import threshold_ms
+
 BENCH = Path(__file__).resolve().parent
 ENGINES = ("raw", "lc-loop", "langchain", "fast")
-SELF_CHECK_SHARE, SELF_CHECK_FLOOR_MS = 0.02, 2.0  # bagstress_locust.selfcheck's rule, for the reference clients
 
 
 def run_one(engine: str, users: int, url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -95,8 +96,8 @@ def judged(figures: dict[str, Any]) -> bool:
     """Our processes judge themselves; a reference client is judged here by the same rule."""
     if figures.get("load_generator"):
         return bool(figures["load_generator"]["inflated"])
-    lag, ttft = figures["lag"].get("p99"), figures["ttft_ms"]["p50"]
-    return lag is not None and ttft is not None and lag > max(SELF_CHECK_SHARE * ttft, SELF_CHECK_FLOOR_MS)
+    lag, threshold = figures["lag"].get("p99"), threshold_ms(figures["ttft_ms"]["p50"])
+    return lag is not None and threshold is not None and lag > threshold
 
 
 def fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:

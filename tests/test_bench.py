@@ -37,15 +37,3 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     table = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(ENGINES)  # the header and one row per load generator
     assert "LangChain engine over a bare ChatOpenAI.stream loop" in completed.stdout
-
-
-def test_reference_clients_use_the_plugins_rule() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import run as bench_run
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    from bagstress_locust import selfcheck
-
-    assert bench_run.SELF_CHECK_SHARE == selfcheck.INFLATION_SHARE
-    assert bench_run.SELF_CHECK_FLOOR_MS == selfcheck.LAG_FLOOR_MS

@@ -74,7 +74,7 @@ def run(tmp_path: Path, simulator: Any, *args: str, locustfile: str | None = Non
 
 
 def test_threshold_is_a_share_of_ttft_with_a_floor() -> None:
-    assert threshold_ms(200.0) == pytest.approx(4.0)
+    assert threshold_ms(200.0) == pytest.approx(6.0)
     assert threshold_ms(50.0) == LAG_FLOOR_MS
     assert threshold_ms(None) is None
 
@@ -100,7 +100,7 @@ def test_summary_and_warnings_are_per_worker() -> None:
     monitor = LoadGeneratorMonitor()
     monitor.by_worker = {"busy": figures([0.3] * 90 + [40.0] * 10, cpu=85.0), "idle": figures([0.3] * 100, cpu=10.0)}
     report = monitor.summary(ttft_p50_ms=200.0)
-    assert report["inflated"] is True and report["threshold_ms"] == 4.0
+    assert report["inflated"] is True and report["threshold_ms"] == 6.0
     assert report["workers"]["busy"]["inflated"] is True and report["workers"]["busy"]["more_processes"] >= 1
     assert report["workers"]["idle"]["inflated"] is False and report["workers"]["idle"]["more_processes"] == 0
     assert report["cpu_max_percent"] == 85.0
