@@ -105,8 +105,7 @@ class FastChatClient:
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            # The LangChain engine rounds to 0.01 to keep its client cache small; the same value goes out here.
-            "temperature": round(temperature, 2),
+            "temperature": temperature,
         }
         if self._settings.max_tokens is not None:
             body["max_completion_tokens"] = self._settings.max_tokens  # what ChatOpenAI sends for max_tokens

@@ -93,7 +93,8 @@ class ConversationUser(User):
             self._pause = think_time("", settings.typing_speed, settings.think_time_scale)
             return False
         self._conversation = self.rng.choice(scenario.conversations)
-        self._temperature = self.rng.uniform(settings.temp_min, settings.temp_max)
+        # To 0.01: a finer temperature changes nothing in a reply, and the request stays readable.
+        self._temperature = round(self.rng.uniform(settings.temp_min, settings.temp_max), 2)
         self._turns = plan_turns(self._conversation, self.rng, settings.cut_probability, settings.max_messages)
         return True
 

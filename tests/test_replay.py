@@ -42,7 +42,7 @@ def test_replay_sends_exactly_the_scripted_history(tmp_path: Path, start_simulat
         assert sent in expected_prefixes, sent
         assert request["model"] == "sim-small"
         assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
-        assert 0.3 <= request["temperature"] <= 0.6
+        assert 0.3 <= request["temperature"] <= 0.6 and round(request["temperature"], 2) == request["temperature"]
         assert "max_tokens" not in request and "max_completion_tokens" not in request
     # Each user replays whole conversations, in order: turn 1, 2, 3, 1, 2, 3, ...
     turns = [len(r["messages"]) for r in requests]
