@@ -159,7 +159,8 @@ class _ReusingTransport(httpx2.BaseTransport):
     The openai SDK closes a stream as soon as it reads ``data: [DONE]``, before the chunked body's
     terminator is read, so the connection cannot be reused and every message opened a new one.
     When a body has reached ``[DONE]`` we read the (already buffered) rest before closing. The SDK
-    also ends quietly when a body ends *without* ``[DONE]``; noting it here lets that be a failure.
+    also ends quietly when a body ends *without* ``[DONE]``; noting it here lets that be a failure,
+    and its time ends the message before LangChain's own end-of-stream work.
     """
 
     def __init__(self, exchange: Any) -> None:
@@ -193,7 +194,7 @@ class _DrainAfterDone(httpx2.SyncByteStream):
     def __init__(self, inner: Any, record: StreamRecord | None) -> None:
         self._inner = inner
         self._record = record
-        self._done = False
+        self._done_at: float | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         tail = b""
@@ -201,14 +202,14 @@ class _DrainAfterDone(httpx2.SyncByteStream):
             # The SDK stops at the blank line after [DONE], so the body read so far ends with it. Not the
             # last part alone: a proxy may cut "data: [DONE]" or its line ends into separate reads.
             tail = (tail + part[-_DONE_TAIL_BYTES:])[-_DONE_TAIL_BYTES:]
-            self._done = tail.rstrip().endswith(_DONE_EVENTS)
+            self._done_at = time.perf_counter() if tail.rstrip().endswith(_DONE_EVENTS) else None
             yield part
 
     def close(self) -> None:
         try:
-            if self._done:
+            if self._done_at is not None:
                 if self._record is not None:
-                    self._record.done_seen = True
+                    self._record.done_at = self._done_at
                 for _ in self._inner:
                     pass
         finally:

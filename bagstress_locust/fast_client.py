@@ -156,7 +156,7 @@ class FastChatClient:
                 _read_stream(response, record, exchange)
             # The rest of the body: the (short) error text, or the last chunk after [DONE]. Read, the
             # connection goes back to the pool; the SDK leaves it unread, and every message opened a new one.
-            if record.error is not None or record.done_seen:
+            if record.error is not None or record.done_at is not None:
                 while not response.message_complete:
                     response.receive()
         except (OSError, HTTPParseError):  # reset, closed early (HTTPConnectionClosed is an HTTPParseError)
@@ -287,7 +287,7 @@ def _read_stream(response: _EventStream, record: StreamRecord, exchange: _Exchan
                         continue
                     payload = data
                 if payload.startswith(_DONE):
-                    record.done_seen = True
+                    record.done_at = arrived
                     return
                 event_object = _decode(payload)
                 choices = event_object.get("choices")

@@ -6,7 +6,8 @@ nothing else on that path) and ends with ``finish_message``, which turns it into
 what makes both engines report the same figures and the same failure reasons:
 
 * ``request_type`` ``"chat"``, ``name`` the model, so Locust's table splits latency by model;
-* ``response_time`` the whole message in ms, from the request's last byte written to stream end;
+* ``response_time`` the whole message in ms, from the request's last byte written to the stream's
+  ``[DONE]`` read (or to the failure);
 * ``response_length`` the number of output tokens instead of bytes, because it is more useful;
 * ``exception`` a ``MessageFailed`` whose text is a stable, groupable reason (``failures``);
 * ``context`` ``{"llm": MessageResult}``, the LLM figures that the metrics listener aggregates.
@@ -81,7 +82,7 @@ class StreamRecord:
     input_tokens: int | None = None  # the server's usage, when it sends one
     output_tokens: int | None = None
     finish_reason: str | None = None
-    done_seen: bool = False
+    done_at: float | None = None  # when data: [DONE] was read, the stream's end; None if it never came
     error: str | None = None  # set by the engine when the exchange failed
 
 
@@ -89,14 +90,15 @@ def finish_message(
     record: StreamRecord, messages: list[dict[str, str]], request_event: EventHook, url: str
 ) -> MessageResult:
     """Judge the stream, count its tokens, fire its Locust event, and return the result."""
-    ended_at = time.perf_counter()
+    # A whole stream ends when its [DONE] was read: what the client does after that is not the server's time.
+    ended_at = record.done_at or time.perf_counter()
     sent_at = record.sent_at or record.called_at  # called_at only if it failed before anything was sent
     error = record.error
     if error is None:
         # A 200 is not a success unless the stream is whole: real servers fail quietly like this.
         if not record.arrivals:
             error = EMPTY_REPLY
-        elif not record.done_seen:
+        elif record.done_at is None:
             error = NO_DONE
         elif record.finish_reason is None:
             error = NO_FINISH_REASON

@@ -2,7 +2,7 @@
 
 Definitions (times from the moment the request is sent):
 
-* **latency** (E2E): until the stream ends; the same figure as Locust's response time.
+* **latency** (E2E): until the stream ends (its ``[DONE]`` is read); the same figure as Locust's response time.
 * **TTFT**: until the first chunk with non-empty content.
 * **ITL**: every gap between consecutive content chunks.
 * **TPOT**: (E2E − TTFT) / (output tokens − 1), for replies of two tokens or more.

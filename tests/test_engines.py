@@ -187,9 +187,11 @@ def sse(lines: list[str], newline: str = "\n") -> bytes:
 
 
 # How a canned body is sent: in one chunked write, or until the connection closes, or chunked in
-# pieces of a few bytes with pauses between them, so lines, CRLFs and events arrive torn across reads.
-CHUNKED, CLOSE_DELIMITED, DRIBBLED = "chunked", "close", "dribbled"
+# pieces of a few bytes with pauses between them, so lines, CRLFs and events arrive torn across reads,
+# or in one chunked write whose terminating chunk comes ``_LINGER_S`` later.
+CHUNKED, CLOSE_DELIMITED, DRIBBLED, LINGERING = "chunked", "close", "dribbled", "lingering"
 _DRIBBLE_BYTES = 7
+_LINGER_S = 0.5
 
 CANNED: dict[str, tuple[bytes, str]] = {
     # CRLF line endings, "data:" without a space, comments and an id field, one event split over two data lines.
@@ -256,6 +258,11 @@ CANNED: dict[str, tuple[bytes, str]] = {
         ),
         DRIBBLED,
     ),
+    # The whole stream, then a pause before the body's last (empty) chunk: the message ended at [DONE].
+    "lingering": (
+        sse(["data: " + CHUNK % (CONTENT % "Hi", ""), "", "data: " + CHUNK % (FINISH, USAGE), "", "data: [DONE]", ""]),
+        LINGERING,
+    ),
 }
 
 
@@ -294,8 +301,11 @@ class _CannedHandler(socketserver.BaseRequestHandler):
             buffer = buffer[length:]
             body, framing = self.server.next_case()
             head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            if framing == CHUNKED:
-                self.request.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            if framing in (CHUNKED, LINGERING):
+                self.request.sendall(head + b"%x\r\n%s\r\n" % (len(body), body))
+                if framing == LINGERING:
+                    time.sleep(_LINGER_S)
+                self.request.sendall(b"0\r\n\r\n")
             elif framing == DRIBBLED:
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.request.sendall(head)
@@ -327,4 +337,7 @@ def test_unusual_streams_are_read_alike(canned: str) -> None:
         ("stream error: The model is overloaded req_…", 1),  # error_event: its message, request id masked
         (None, 1),  # close_delimited
         (None, 2),  # dribbled
+        (None, 1),  # lingering
     ]
+    for engine, run in runs.items():  # the wait for the body's last chunk after [DONE] is not the reply's time
+        assert run["results"][-1]["e2e_ms"] < _LINGER_S * 1000 / 2, engine
