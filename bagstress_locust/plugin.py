@@ -75,7 +75,7 @@ class BagstressPlugin:
             return
         self._check_options(environment)
         self._choose_endpoint(environment, runner)
-        register_web_ui(environment, self.metrics, self.history)  # the LLM tab; the --html file's section
+        register_web_ui(environment, self.metrics, self.history, self.monitor)  # the LLM tab; the --html file's section
         environment.events.reset_stats.add_listener(lambda **_: self.history.clear())
         # gevent timers count from the loop's cached clock, last read before Locust imported the
         # locustfile (and LangChain with it, ~1.5 s): without a fresh reading, the --run-time timer
@@ -214,15 +214,14 @@ class BagstressPlugin:
     def _report(self, environment: Environment) -> None:
         """The final summary on the console, and the JSON and CSV files if asked for."""
         options = _options(environment)
-        report = summary(self.metrics)
-        report["load_generator"] = self.monitor.summary(report["ttft_ms"]["p50"])
+        report = summary(self.metrics, self.monitor)
         stats_console.info(format_summary(report))
         for line in self.monitor.warnings(report["ttft_ms"]["p50"]):
             logger.warning("%s", line)
         if options.summary_json:
             write_json(report, options.summary_json)
         if options.csv_prefix:
-            write_csv(self.metrics, self.history, options.csv_prefix)
+            write_csv(report, self.metrics, self.history, options.csv_prefix)
 
 
 def _options(environment: Environment) -> argparse.Namespace:

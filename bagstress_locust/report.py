@@ -1,6 +1,6 @@
 """Where the LLM figures are shown: console table and summary, ``--summary-json``, ``--csv`` files.
 
-``summary(metrics)`` is the one source of every figure; the console report, the JSON file and
+``summary(metrics, monitor)`` is the one source of every figure; the console report, the JSON file and
 the CSV files are renderings of it, so they cannot disagree. Its keys (stable, documented in the
 README) are::
 
@@ -15,8 +15,9 @@ README) are::
                         "workers": {"<worker id, or 'local'>": {"lag_p50_ms", "lag_p99_ms", "cpu_max_percent",
                                                                 "inflated", "more_processes", "saturated"}}}}
 
-``load_generator`` is added by the plugin from ``selfcheck.LoadGeneratorMonitor.summary``: whether
-our own scheduling lag inflated the latency figures (lag p99 above 3% of TTFT p50), per process.
+``load_generator`` comes from the self-check (``selfcheck.LoadGeneratorMonitor.summary``, when a
+monitor is given): whether our own scheduling lag inflated the latency figures (lag p99 above 3%
+of TTFT p50), per process. ``--csv PREFIX`` writes it per process to ``PREFIX_llm_load_generator.csv``.
 
 Times are in milliseconds, rounded to 0.01 ms; an empty distribution has ``null`` figures.
 """
@@ -31,8 +32,18 @@ from typing import Any, TextIO
 
 from .histogram import LogHistogram
 from .metrics import PERCENTILES, LLMMetrics, LLMStats
+from .selfcheck import LoadGeneratorMonitor
 
-__all__ = ["HistoryRecorder", "format_summary", "format_table", "summary", "write_csv", "write_json"]
+__all__ = [
+    "LOAD_GENERATOR_COLUMNS",
+    "HistoryRecorder",
+    "format_summary",
+    "format_table",
+    "load_generator_rows",
+    "summary",
+    "write_csv",
+    "write_json",
+]
 
 _TIMING_KEYS = {"latency": "latency_ms", "ttft": "ttft_ms", "itl": "itl_ms", "tpot": "tpot_ms"}
 _TABLE_COLUMNS = (
@@ -69,8 +80,8 @@ def distribution(histogram: LogHistogram) -> dict[str, Any]:
     return figures
 
 
-def summary(metrics: LLMMetrics) -> dict[str, Any]:
-    """Every figure of the run, as the JSON report has it."""
+def summary(metrics: LLMMetrics, monitor: LoadGeneratorMonitor | None = None) -> dict[str, Any]:
+    """Every figure of the run, as the JSON report has it; with ``monitor``, the self-check's verdict too."""
     total = metrics.total
     duration = metrics.duration_s
     conversations = metrics.conversations_succeeded + metrics.conversations_failed
@@ -107,7 +118,36 @@ def summary(metrics: LLMMetrics) -> dict[str, Any]:
     result["errors"] = dict(metrics.errors.most_common())
     if metrics.by_worker:
         result["workers"] = {worker: _counts(stats) for worker, stats in sorted(metrics.by_worker.items())}
+    if monitor is not None:
+        result["load_generator"] = monitor.summary(result["ttft_ms"]["p50"])
     return result
+
+
+LOAD_GENERATOR_COLUMNS = (
+    "Process",
+    "Lag p50 ms",
+    "Lag p99 ms",
+    "Limit ms",
+    "CPU max %",
+    "Inflated",
+    "More processes",
+)
+
+
+def load_generator_rows(load_generator: dict[str, Any]) -> list[list[Any]]:
+    """The self-check per process (``summary()["load_generator"]``), in ``LOAD_GENERATOR_COLUMNS`` order."""
+    return [
+        [
+            name,
+            figures["lag_p50_ms"],
+            figures["lag_p99_ms"],
+            load_generator["threshold_ms"],
+            figures["cpu_max_percent"],
+            figures["inflated"],
+            figures["more_processes"],
+        ]
+        for name, figures in load_generator["workers"].items()
+    ]
 
 
 def _counts(stats: LLMStats) -> dict[str, Any]:
@@ -224,8 +264,9 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
     target.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-def write_csv(metrics: LLMMetrics, history: HistoryRecorder, prefix: str) -> None:
-    """``PREFIX_llm_stats.csv`` (per model and aggregated) and ``PREFIX_llm_stats_history.csv``."""
+def write_csv(report: dict[str, Any], metrics: LLMMetrics, history: HistoryRecorder, prefix: str) -> None:
+    """``PREFIX_llm_stats.csv`` (per model and aggregated), ``PREFIX_llm_stats_history.csv`` and, if
+    ``report`` (``summary()``) has the self-check, ``PREFIX_llm_load_generator.csv`` (per process)."""
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{prefix}_llm_stats.csv", "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
@@ -233,6 +274,11 @@ def write_csv(metrics: LLMMetrics, history: HistoryRecorder, prefix: str) -> Non
         writer.writerows(table_rows(metrics, metrics.duration_s))
     with open(f"{prefix}_llm_stats_history.csv", "w", newline="", encoding="utf-8") as file:
         history.write(file)
+    if "load_generator" in report:
+        with open(f"{prefix}_llm_load_generator.csv", "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(LOAD_GENERATOR_COLUMNS)
+            writer.writerows(load_generator_rows(report["load_generator"]))
 
 
 class HistoryRecorder:

@@ -1,6 +1,6 @@
 """The LLM figures in Locust's web UI and in its HTML report.
 
-    register_web_ui(environment, metrics, history)   # BagstressPlugin's init handler calls it
+    register_web_ui(environment, metrics, history, monitor)   # BagstressPlugin's init handler calls it
 
 On the process that reports (a single local process, or the master with the merged figures):
 
@@ -10,18 +10,20 @@ On the process that reports (a single local process, or the master with the merg
   The rows ride along in ``/stats/requests`` as ``extended_stats``, which the UI polls every 2 s
   while a test runs, so the tab updates live;
 * charts under that table: output tokens/s, messages/s, TTFT p50/p95 and E2E p50/p95 per 2-s
-  interval (``report.HistoryRecorder``). Locust's bundle renders an extended tab as a table only,
-  so a small script (``web/llm-tab.js``, added to the UI's page) puts a panel under the table and
-  refreshes it every 2 s with SVG drawn here (``GET ./bagstress/llm/charts``): no chart library,
-  nothing loaded from the internet;
-* two links in *Download Data*, ``llm_stats.csv`` and ``llm_stats_history.csv``: the same files as
-  ``--csv PREFIX`` writes, from the same figures;
+  interval (``report.HistoryRecorder``), and above them the self-check's warning whenever a
+  process's own lag inflates the latency figures (``selfcheck``, as on the console). Locust's
+  bundle renders an extended tab as a table only, so a small script (``web/llm-tab.js``, added to
+  the UI's page) puts a panel under the table and refreshes it every 2 s with SVG drawn here
+  (``GET ./bagstress/llm/charts``): no chart library, nothing loaded from the internet;
+* three links in *Download Data*, ``llm_stats.csv``, ``llm_stats_history.csv`` and
+  ``llm_load_generator.csv``: the same files as ``--csv PREFIX`` writes, from the same figures;
 * ``GET ./bagstress/llm``: the table, the summary (``report.summary``, as ``--summary-json``) and
   the history, as JSON;
-* the LLM section (the table and the same charts as static SVG) in the HTML report, in the UI's
-  *Download Report* and in the ``--html`` file, headless or not. Locust renders that report from
-  its own template with no extension point, so the section is added to the finished page: to the
-  ``/stats/report`` response, and at ``quitting`` to the file Locust has just written.
+* the LLM section (the table, the self-check per process and the same charts as static SVG) in the
+  HTML report, in the UI's *Download Report* and in the ``--html`` file, headless or not. Locust
+  renders that report from its own template with no extension point, so the section is added to
+  the finished page: to the ``/stats/report`` response, and at ``quitting`` to the file Locust has
+  just written.
 
 Routes honour ``--web-base-path`` and ``--web-login``. Nothing here touches the API key: it is
 not an option (options.py), so it is in no template argument, page or response.
@@ -47,13 +49,15 @@ from locust.util.date import format_safe_timestamp
 from flask import Blueprint, Response, jsonify, make_response, request
 
 from .metrics import LLMMetrics
-from .report import _TABLE_COLUMNS, HistoryRecorder, summary, table_rows
+from .report import _TABLE_COLUMNS, LOAD_GENERATOR_COLUMNS, HistoryRecorder, load_generator_rows, summary, table_rows
+from .selfcheck import LoadGeneratorMonitor
 
 __all__ = [
     "LLMWebUI",
     "register_web_ui",
     "render_charts",
     "render_report_section",
+    "render_warnings",
     "table_columns",
     "table_data",
 ]
@@ -239,6 +243,18 @@ def render_charts(history: HistoryRecorder) -> str:
     )
 
 
+def render_warnings(metrics: LLMMetrics, monitor: LoadGeneratorMonitor) -> str:
+    """The self-check's warnings, one per inflated process, as an alert; empty when there are none."""
+    lines = monitor.warnings(metrics.total.timings["ttft"].quantile(0.5))
+    if not lines:
+        return ""
+    paragraphs = "".join(f'<p style="margin:4px 0">{escape(line)}</p>' for line in lines)
+    return (
+        '<div class="bagstress-warning" role="alert" style="border-left:4px solid #ed6c02;'
+        f'background:rgba(237,108,2,0.1);padding:8px 12px;margin:12px 0">{paragraphs}</div>'
+    )
+
+
 # ---- the HTML report's section ----------------------------------------------------------------------------
 
 _SECTION_STYLE = f"""<style>
@@ -255,8 +271,8 @@ _SECTION_STYLE = f"""<style>
 </style>"""
 
 
-def render_report_section(metrics: LLMMetrics, history: HistoryRecorder) -> str:
-    """The LLM table and charts as a self-contained ``<section>`` for Locust's HTML report."""
+def render_report_section(metrics: LLMMetrics, history: HistoryRecorder, monitor: LoadGeneratorMonitor) -> str:
+    """The LLM table, the self-check and the charts as a self-contained ``<section>`` for Locust's HTML report."""
     columns = table_columns()
     data = table_data(metrics)
     head = "".join(f"<th>{escape(c['title'])}</th>" for c in columns)
@@ -269,10 +285,30 @@ def render_report_section(metrics: LLMMetrics, history: HistoryRecorder) -> str:
     return (
         f'<section id="{SECTION_ID}">{_SECTION_STYLE}<h2>LLM Statistics</h2>'
         f"<p>Times in ms, over successful messages; output tokens/s over the run's {metrics.duration_s:.1f} s. "
-        f"Conversations are counted for the whole run.{estimated}</p>"
+        f"Conversations are counted for the whole run.{estimated}</p>{render_warnings(metrics, monitor)}"
         f'<div class="bagstress-table-wrap"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
+        f"{_load_generator_table(summary(metrics, monitor)['load_generator'])}"
         f"<h3>LLM Charts</h3><p>Per 2-second interval.</p>{render_charts(history)}</section>"
+    )
+
+
+def _load_generator_table(load_generator: dict[str, Any]) -> str:
+    rows = load_generator_rows(load_generator)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(title)}</th>" for title in LOAD_GENERATOR_COLUMNS)
+    body = "".join(
+        f'<tr data-process="{escape(str(row[0]))}">'
+        + "".join(f"<td>{escape(str(_shown(value)))}</td>" for value in row)
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        "<h3>Load generator</h3><p>Each process that ran users measured how late it answered its own sockets "
+        "(scheduling lag); above the limit, its latency figures are inflated by the load generator itself.</p>"
+        f'<div class="bagstress-table-wrap"><table class="bagstress-load-generator"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
@@ -288,9 +324,10 @@ def add_to_page(page: str, fragment: str) -> str:
 class LLMWebUI:
     """The LLM tab, charts, downloads and report section of one reporting Locust process."""
 
-    def __init__(self, metrics: LLMMetrics, history: HistoryRecorder) -> None:
+    def __init__(self, metrics: LLMMetrics, history: HistoryRecorder, monitor: LoadGeneratorMonitor) -> None:
         self.metrics = metrics
         self.history = history
+        self.monitor = monitor
         self._registered_at = time.time()
         self._runs = 0
 
@@ -308,6 +345,7 @@ class LLMWebUI:
             *args.get("extended_csv_files", []),
             {"href": "./bagstress/llm_stats.csv", "title": "Download LLM statistics CSV"},
             {"href": "./bagstress/llm_stats_history.csv", "title": "Download LLM statistics history CSV"},
+            {"href": "./bagstress/llm_load_generator.csv", "title": "Download LLM load generator self-check CSV"},
         ]
         options = environment.parsed_options
         blueprint = Blueprint("bagstress", __name__, url_prefix=getattr(options, "web_base_path", None) or None)
@@ -316,6 +354,9 @@ class LLMWebUI:
             "/bagstress/llm/charts": self._charts,
             "/bagstress/llm_stats.csv": lambda: self._csv(environment, "llm_stats", self._stats_csv),
             "/bagstress/llm_stats_history.csv": lambda: self._csv(environment, "llm_stats_history", self._history_csv),
+            "/bagstress/llm_load_generator.csv": lambda: self._csv(
+                environment, "llm_load_generator", self._load_generator_csv
+            ),
             "/bagstress/llm-tab.js": self._script,
         }
         for rule, view in routes.items():
@@ -332,13 +373,13 @@ class LLMWebUI:
             {
                 "columns": table_columns(),
                 "rows": table_data(self.metrics),
-                "summary": summary(self.metrics),
+                "summary": summary(self.metrics, self.monitor),
                 "history": {"columns": list(HistoryRecorder.COLUMNS), "rows": self.history.rows},
             }
         )
 
     def _charts(self) -> Response:
-        response = make_response(render_charts(self.history))
+        response = make_response(render_warnings(self.metrics, self.monitor) + render_charts(self.history))
         response.headers["Content-Type"] = "text/html; charset=utf-8"
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -349,6 +390,14 @@ class LLMWebUI:
         writer = csv.writer(file)
         writer.writerow(_TABLE_COLUMNS)
         writer.writerows(table_rows(self.metrics, self.metrics.duration_s))
+        return file.getvalue()
+
+    def _load_generator_csv(self) -> str:
+        # The same rows and header as report.write_csv's PREFIX_llm_load_generator.csv.
+        file = io.StringIO()
+        writer = csv.writer(file)
+        writer.writerow(LOAD_GENERATOR_COLUMNS)
+        writer.writerows(load_generator_rows(summary(self.metrics, self.monitor)["load_generator"]))
         return file.getvalue()
 
     def _history_csv(self) -> str:
@@ -386,7 +435,7 @@ class LLMWebUI:
             script = '<script src="./bagstress/llm-tab.js" defer></script>'
             response.set_data(add_to_page(response.get_data(as_text=True), script))
         elif endpoint == "locust.stats_report" and response.mimetype == "text/html":
-            section = render_report_section(self.metrics, self.history)
+            section = render_report_section(self.metrics, self.history, self.monitor)
             response.set_data(add_to_page(response.get_data(as_text=True), section))
         return response
 
@@ -408,11 +457,14 @@ class LLMWebUI:
         page = Path(path).read_text(encoding="utf-8")
         if f'<section id="{SECTION_ID}">' in page:
             return
-        Path(path).write_text(add_to_page(page, render_report_section(self.metrics, self.history)), encoding="utf-8")
+        section = render_report_section(self.metrics, self.history, self.monitor)
+        Path(path).write_text(add_to_page(page, section), encoding="utf-8")
 
 
-def register_web_ui(environment: Environment, metrics: LLMMetrics, history: HistoryRecorder) -> LLMWebUI:
-    """Show ``metrics`` and ``history`` in the web UI (if any) and the HTML report; call once per process."""
-    web = LLMWebUI(metrics, history)
+def register_web_ui(
+    environment: Environment, metrics: LLMMetrics, history: HistoryRecorder, monitor: LoadGeneratorMonitor
+) -> LLMWebUI:
+    """Show ``metrics``, ``history`` and the self-check in the web UI (if any) and the HTML report; once per process."""
+    web = LLMWebUI(metrics, history, monitor)
     web.register(environment)
     return web

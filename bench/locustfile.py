@@ -40,9 +40,8 @@ def _measure(environment: Environment) -> None:
     window = Window(environment.host or "")
     window.open()
     gevent.sleep(float(os.environ.get("BENCH_WINDOW", "8")))
-    report = summary(plugin.metrics)
-    monitor = plugin.monitor
-    load_generator = monitor.summary(report["ttft_ms"]["p50"])
+    report = summary(plugin.metrics, plugin.monitor)
+    load_generator = report["load_generator"]
     local = load_generator["workers"].get("local", {})
     chunks = report["itl_ms"]["count"] + report["ttft_ms"]["count"]  # content chunks of successful messages
     figures = window.close(
@@ -54,7 +53,7 @@ def _measure(environment: Environment) -> None:
     )
     figures["errors"] = report["messages"]["failed"]
     figures["load_generator"] = load_generator
-    figures["warnings"] = monitor.warnings(report["ttft_ms"]["p50"])
+    figures["warnings"] = plugin.monitor.warnings(report["ttft_ms"]["p50"])
     Path(os.environ["BENCH_OUT"]).write_text(json.dumps(figures) + "\n")
     if environment.runner is not None:
         environment.runner.quit()

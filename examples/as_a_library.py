@@ -34,7 +34,7 @@ def main(base_url: str, seconds: float = 3, users: int = 3) -> dict:
     runner.start(users, spawn_rate=users)
     gevent.spawn_later(seconds, runner.quit)
     runner.greenlet.join()
-    return summary(plugin.metrics)
+    return summary(plugin.metrics, plugin.monitor)  # with the self-check's verdict, as --summary-json
 
 
 if __name__ == "__main__":

@@ -138,6 +138,7 @@ DRAW_LONG_HISTORY = """
 import json, sys
 from bagstress_locust.metrics import LLMMetrics
 from bagstress_locust.report import HistoryRecorder
+from bagstress_locust.selfcheck import LoadGeneratorMonitor
 from bagstress_locust.webui import render_charts, render_report_section
 
 metrics, history = LLMMetrics(), HistoryRecorder()
@@ -149,7 +150,7 @@ for i in range(2_000):  # 66 minutes of 2-s intervals, TTFT missing in ten of th
     row[columns.index("TTFT p50")] = None if 1_000 <= i < 1_010 else 50.0
     history.rows.append(row)
 metrics.by_model["<b>odd & model</b>"] = metrics.total
-json.dump({"charts": render_charts(history), "section": render_report_section(metrics, history),
+json.dump({"charts": render_charts(history), "section": render_report_section(metrics, history, LoadGeneratorMonitor()),
            "empty": render_charts(HistoryRecorder())}, sys.stdout)
 """
 

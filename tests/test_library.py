@@ -20,3 +20,4 @@ def test_the_library_example_reports_the_simulator_truth(start_simulator) -> Non
     assert report["tokens"]["output"] == truth["completion_tokens_served"]
     assert report["tokens"]["input"] == truth["prompt_tokens_served"]
     assert report["conversations"]["total"] > 0
+    assert set(report["load_generator"]["workers"]) == {"local"}  # the self-check ran in this process

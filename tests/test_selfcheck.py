@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -138,6 +139,10 @@ def test_overloaded_process_says_so_and_its_ttft_is_inflated(tmp_path: Path, sta
         "5s",
         "--client-engine",
         "fast",
+        "--csv",
+        "run",
+        "--html",
+        "report.html",
         locustfile=OVERLOADED_LOCUSTFILE,
     )
     load_generator = report["load_generator"]
@@ -150,6 +155,13 @@ def test_overloaded_process_says_so_and_its_ttft_is_inflated(tmp_path: Path, sta
     # On the console with the periodic table, and once more after the summary.
     assert output.count(WARNING) >= 2, output[-3000:]
     assert "--processes" in output
+    # And in every report: the HTML report's LLM section, and a CSV file per process.
+    report_html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert WARNING in report_html and 'class="bagstress-load-generator"' in report_html
+    with open(tmp_path / "run_llm_load_generator.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["Process"], row["Inflated"]) for row in rows] == [("local", "True")]
+    assert float(rows[0]["Lag p99 ms"]) == load_generator["lag_p99_ms"] > float(rows[0]["Limit ms"])
 
 
 def test_distributed_run_names_the_overloaded_worker(tmp_path: Path, start_simulator) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from .conftest import CONVERSATIONS, LOCUST, clean_env
 from .test_html_report import assert_charts_drawn, assert_rows_match_summary, llm_section
+from .test_selfcheck import OVERLOADED_LOCUSTFILE, WARNING
 
 SECRET = "sk-test-SECRET-123"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -196,7 +197,11 @@ def test_llm_tab_shows_the_runs_figures_live(tmp_path: Path, start_simulator, st
 
     page.get_by_role("tab", name="Download Data").click()
     downloaded = {}
-    for title in ("Download LLM statistics CSV", "Download LLM statistics history CSV"):
+    for title in (
+        "Download LLM statistics CSV",
+        "Download LLM statistics history CSV",
+        "Download LLM load generator self-check CSV",
+    ):
         with page.expect_download() as download:
             page.get_by_role("link", name=title, exact=True).click()
         downloaded[title] = Path(download.value.path()).read_bytes()
@@ -220,12 +225,37 @@ def test_llm_tab_shows_the_runs_figures_live(tmp_path: Path, start_simulator, st
     # Downloads are --csv's files; both reports (the UI's, and --html on Ctrl+C) have the LLM section.
     assert downloaded["Download LLM statistics CSV"] == (tmp_path / "run_llm_stats.csv").read_bytes()
     assert downloaded["Download LLM statistics history CSV"] == (tmp_path / "run_llm_stats_history.csv").read_bytes()
+    self_check = (tmp_path / "run_llm_load_generator.csv").read_bytes()
+    assert downloaded["Download LLM load generator self-check CSV"] == self_check
+    assert self_check.decode().splitlines()[1].startswith("local,")  # this process measured itself
     with open(tmp_path / "run_llm_stats_history.csv", newline="") as file:
         assert len(list(csv.DictReader(file))) >= 2  # a row per 2 s of the run
     for page_html in (ui_report, (tmp_path / "report.html").read_text(encoding="utf-8")):
         section = llm_section(page_html)
         assert_rows_match_summary(section.rows, report)
         assert_charts_drawn(section.charts)
+
+
+def test_llm_tab_warns_when_the_load_generator_inflates_the_figures(
+    tmp_path: Path, start_simulator, start_locust, browser
+) -> None:
+    simulator = start_simulator("--ttft", "0.2", "--itl", "0.02", "--output-tokens", "5")
+    (tmp_path / "overloaded.py").write_text(OVERLOADED_LOCUSTFILE)
+    locust = start_locust(
+        "-f", "overloaded.py", "--host", simulator.base_url, "--conversations-dir", str(CONVERSATIONS),
+        "--think-time-scale", "0", "--client-engine", "fast", "--autostart", "-u", "3", "-r", "3",
+        "--html", "report.html",
+    )  # fmt: skip
+    page = browser.new_page()
+    page.goto(locust.url + "/?tab=llm")
+    warning = page.locator("#bagstress-llm-charts .bagstress-warning")
+    warning.wait_for(timeout=30_000)  # once the self-check's 2-s warm-up is over and a report has come in
+    assert WARNING in warning.inner_text() and "--processes" in warning.inner_text()
+    final = locust.get("/bagstress/llm")["summary"]["load_generator"]
+    assert final["inflated"] is True and final["workers"]["local"]["inflated"] is True
+    assert locust.interrupt() == 0, locust.output()
+    report_html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert WARNING in report_html and 'class="bagstress-load-generator"' in report_html
 
 
 def test_an_api_key_typed_in_the_form_is_used_and_never_shown(
