@@ -4,10 +4,10 @@ It speaks HTTP/1.1 through geventhttpclient, the library under Locust's ``FastHt
 connection pool (keep-alive, connect timeout, TLS) and its C response parser (llhttp: status,
 headers, chunked bodies). SSE events are split and decoded here, and only what a message needs is
 kept: a timestamp and the text per content chunk, the usage, the finish reason and ``[DONE]``. In
-``bench/README.md`` a streamed 20-token message costs ~0.5 ms of CPU this way, in a Locust process
-at 500 users (1.8 times a bare raw-socket loop), against ~10 ms through the LangChain engine. One
-process keeps its TTFT within 2% of the truth up to ~500 users; the LangChain engine's TTFT p99 is
-8-25% off from 10 to 200 users.
+``bench/README.md`` a streamed 20-token message costs 1.5 times the CPU of a bare raw-socket loop
+this way, in a Locust process at 200-1,000 users (0.5-0.7 ms on that machine), against 10-16 times
+through the LangChain engine. One process keeps its TTFT p99 within ~1-4% of the truth up to ~500
+users; the LangChain engine's passes 5% between 10 and 50 users.
 
 What is sent is what ``ChatOpenAI`` sends (the same JSON body, checked against the simulator's
 recorded requests), and a message becomes a Locust event in ``message.finish_message`` with
