@@ -39,6 +39,7 @@ __all__ = [
     "HistoryRecorder",
     "format_summary",
     "format_table",
+    "load_generator",
     "load_generator_rows",
     "summary",
     "write_csv",
@@ -119,8 +120,13 @@ def summary(metrics: LLMMetrics, monitor: LoadGeneratorMonitor | None = None) ->
     if metrics.by_worker:
         result["workers"] = {worker: _counts(stats) for worker, stats in sorted(metrics.by_worker.items())}
     if monitor is not None:
-        result["load_generator"] = monitor.summary(result["ttft_ms"]["p50"])
+        result["load_generator"] = load_generator(metrics, monitor)
     return result
+
+
+def load_generator(metrics: LLMMetrics, monitor: LoadGeneratorMonitor) -> dict[str, Any]:
+    """The self-check's verdict, per process, judged against the run's TTFT p50 (``summary``'s key)."""
+    return monitor.summary(_ms(metrics.total.timings["ttft"].quantile(0.5)))
 
 
 LOAD_GENERATOR_COLUMNS = (
@@ -134,19 +140,19 @@ LOAD_GENERATOR_COLUMNS = (
 )
 
 
-def load_generator_rows(load_generator: dict[str, Any]) -> list[list[Any]]:
-    """The self-check per process (``summary()["load_generator"]``), in ``LOAD_GENERATOR_COLUMNS`` order."""
+def load_generator_rows(verdict: dict[str, Any]) -> list[list[Any]]:
+    """The self-check per process (``load_generator()``), in ``LOAD_GENERATOR_COLUMNS`` order."""
     return [
         [
             name,
             figures["lag_p50_ms"],
             figures["lag_p99_ms"],
-            load_generator["threshold_ms"],
+            verdict["threshold_ms"],
             figures["cpu_max_percent"],
             figures["inflated"],
             figures["more_processes"],
         ]
-        for name, figures in load_generator["workers"].items()
+        for name, figures in verdict["workers"].items()
     ]
 
 

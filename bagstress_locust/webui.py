@@ -49,7 +49,15 @@ from locust.util.date import format_safe_timestamp
 from flask import Blueprint, Response, jsonify, make_response, request
 
 from .metrics import LLMMetrics
-from .report import _TABLE_COLUMNS, LOAD_GENERATOR_COLUMNS, HistoryRecorder, load_generator_rows, summary, table_rows
+from .report import (
+    _TABLE_COLUMNS,
+    LOAD_GENERATOR_COLUMNS,
+    HistoryRecorder,
+    load_generator,
+    load_generator_rows,
+    summary,
+    table_rows,
+)
 from .selfcheck import LoadGeneratorMonitor
 
 __all__ = [
@@ -288,13 +296,13 @@ def render_report_section(metrics: LLMMetrics, history: HistoryRecorder, monitor
         f"Conversations are counted for the whole run.{estimated}</p>{render_warnings(metrics, monitor)}"
         f'<div class="bagstress-table-wrap"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
-        f"{_load_generator_table(summary(metrics, monitor)['load_generator'])}"
+        f"{_load_generator_table(load_generator(metrics, monitor))}"
         f"<h3>LLM Charts</h3><p>Per 2-second interval.</p>{render_charts(history)}</section>"
     )
 
 
-def _load_generator_table(load_generator: dict[str, Any]) -> str:
-    rows = load_generator_rows(load_generator)
+def _load_generator_table(verdict: dict[str, Any]) -> str:
+    rows = load_generator_rows(verdict)
     if not rows:
         return ""
     head = "".join(f"<th>{escape(title)}</th>" for title in LOAD_GENERATOR_COLUMNS)
@@ -397,7 +405,7 @@ class LLMWebUI:
         file = io.StringIO()
         writer = csv.writer(file)
         writer.writerow(LOAD_GENERATOR_COLUMNS)
-        writer.writerows(load_generator_rows(summary(self.metrics, self.monitor)["load_generator"]))
+        writer.writerows(load_generator_rows(load_generator(self.metrics, self.monitor)))
         return file.getvalue()
 
     def _history_csv(self) -> str:
